@@ -1,0 +1,1 @@
+"""Dilated ResNet backbones (to be implemented)."""

@@ -1,0 +1,1 @@
+"""Backbone weight loading (to be implemented)."""

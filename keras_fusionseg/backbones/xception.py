@@ -1,0 +1,1 @@
+"""Modified aligned Xception backbones (to be implemented)."""

@@ -1,0 +1,1 @@
+"""keras_fusionseg.data (to be implemented)."""

@@ -1,0 +1,1 @@
+"""keras_fusionseg.evaluation (to be implemented)."""

@@ -1,0 +1,1 @@
+"""keras_fusionseg.export (to be implemented)."""

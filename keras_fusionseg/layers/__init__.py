@@ -1,0 +1,9 @@
+"""Keras layers, one module per paper (see README's "Where things live")."""
+
+from keras_fusionseg.layers import deeplabv3plus, dupsampling, exfuse, fastfcn, gff  # noqa: F401
+from keras_fusionseg.layers.common import (  # noqa: F401
+    ConvBNReLU,
+    ImageNormalization,
+    ResizeToReference,
+    SeparableConvBN,
+)

@@ -1,0 +1,1 @@
+"""DeepLabv3+ blocks: ASPP and the decoder (to be implemented)."""

@@ -1,0 +1,1 @@
+"""DUpsampling blocks (to be implemented)."""

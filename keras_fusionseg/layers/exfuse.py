@@ -1,0 +1,1 @@
+"""ExFuse / GCN blocks (to be implemented)."""

@@ -1,0 +1,1 @@
+"""FastFCN blocks: JointPyramidUpsampling, ContextEncoding (to be implemented)."""

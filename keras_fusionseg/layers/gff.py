@@ -1,0 +1,1 @@
+"""GFF paper blocks: PyramidPooling, GatedFullyFusion, DenseFeaturePyramid (to be implemented)."""

@@ -1,0 +1,1 @@
+"""DeepLabv3 and DeepLabv3+ models (to be implemented)."""

@@ -1,0 +1,1 @@
+"""DUpsampling model (to be implemented)."""

@@ -1,0 +1,1 @@
+"""GCN and ExFuse models (to be implemented)."""

@@ -1,0 +1,1 @@
+"""EncNet and FastFCN models (to be implemented)."""

@@ -1,0 +1,1 @@
+"""PSPNet and GFFNet models (to be implemented)."""

@@ -1,0 +1,156 @@
+"""Model registry and `build`: every model is a functional `keras.Model`.
+
+A model builder receives a backbone (see `keras_fusionseg.backbones.registry` for the contract)
+and returns a `keras.Model` from the backbone's input to logits at input resolution,
+(batch, H, W, num_classes), float32. With `aux_outputs=True` the model returns a dict
+`{"logits": ..., <aux name>: ...}` and `model.loss_spec` says how training uses each output.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import keras
+
+from keras_fusionseg.backbones.registry import build_backbone, check_output_stride
+
+SEGMENTATION = "segmentation"  # per-pixel logits (any resolution); label resized by nearest
+PRESENCE = "presence"  # per-image class-presence logits (EncNet SE-loss), binary CE
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable
+    default_backbone: str
+    default_output_stride: int
+    description: str
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name, *, default_backbone, default_output_stride, description=""):
+    """Decorator registering `builder(backbone, *, num_classes, aux_outputs, **options)`."""
+
+    def decorator(builder):
+        if name in _MODELS:
+            raise ValueError(f"Model {name!r} is registered twice.")
+        summary = description or (builder.__doc__ or "").strip().split("\n")[0]
+        _MODELS[name] = ModelSpec(name, builder, default_backbone, default_output_stride, summary)
+        return builder
+
+    return decorator
+
+
+def list_models():
+    """Names of all registered models, sorted."""
+    return sorted(_MODELS)
+
+
+def get_model_spec(name):
+    if name not in _MODELS:
+        raise ValueError(f"Unknown model {name!r}. Available models: {list_models()}.")
+    return _MODELS[name]
+
+
+def finalize_outputs(logits, aux=None, aux_outputs=False, loss_weights=None, loss_kinds=None):
+    """Casts outputs to float32 (safe under mixed precision) and names them.
+
+    Args:
+        logits: main per-pixel logits at input resolution.
+        aux: dict name -> tensor of auxiliary outputs (ignored unless `aux_outputs`).
+        aux_outputs: bool, return a dict with the auxiliary outputs.
+        loss_weights: dict name -> float weight of each auxiliary loss.
+        loss_kinds: dict name -> `SEGMENTATION` or `PRESENCE` (default `SEGMENTATION`).
+
+    Returns:
+        (outputs, loss_spec): outputs for `keras.Model`, and a dict
+        name -> (kind, weight) including `"logits": (SEGMENTATION, 1.0)`.
+    """
+    main = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    loss_spec = {"logits": (SEGMENTATION, 1.0)}
+    if not aux_outputs or not aux:
+        return main, loss_spec
+    outputs = {"logits": main}
+    loss_weights = loss_weights or {}
+    loss_kinds = loss_kinds or {}
+    for key, tensor in aux.items():
+        outputs[key] = keras.layers.Activation("linear", dtype="float32", name=key)(tensor)
+        loss_spec[key] = (loss_kinds.get(key, SEGMENTATION), float(loss_weights.get(key, 0.4)))
+    return outputs, loss_spec
+
+
+def build(
+    name,
+    *,
+    num_classes,
+    input_shape=(None, None, 3),
+    backbone=None,
+    output_stride=None,
+    weights=None,
+    backbone_weights=None,
+    backbone_options=None,
+    aux_outputs=False,
+    **options,
+):
+    """Builds a registered segmentation model.
+
+    Args:
+        name: str, a name from `list_models()`.
+        num_classes: int >= 1.
+        input_shape: (H, W, C); H and W may be None.
+        backbone: None (the model's default), a backbone name from
+            `keras_fusionseg.backbones.list_backbones()`, or a `keras.Model` with
+            `pyramid_outputs` (e.g. a keras-hub backbone).
+        output_stride: 8, 16 or 32; None for the model's default.
+        weights: optional path to a `.weights.h5` file of the whole model.
+        backbone_weights: optional path to a pretrained backbone weight file (e.g. the
+            Keras Applications ImageNet file), loaded by layer name.
+        backbone_options: dict of extra backbone arguments (e.g. `{"multi_grid": (1, 2, 4)}`).
+        aux_outputs: bool, return `{"logits": ..., aux...}` for auxiliary losses.
+        **options: model-specific options (see each builder's docstring).
+
+    Returns:
+        A functional `keras.Model` with attribute `loss_spec`.
+    """
+    spec = get_model_spec(name)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"`num_classes` must be an integer >= 1, received {num_classes!r}.")
+    if len(tuple(input_shape)) != 3:
+        raise ValueError(
+            f"`input_shape` must be (height, width, channels), received {input_shape!r}."
+        )
+    if isinstance(backbone, keras.Model):
+        if not hasattr(backbone, "pyramid_outputs"):
+            raise ValueError(
+                "A `backbone` model must have a `pyramid_outputs` dict of feature maps."
+            )
+        backbone_model = backbone
+    else:
+        output_stride = spec.default_output_stride if output_stride is None else output_stride
+        check_output_stride(output_stride)
+        backbone_model = build_backbone(
+            backbone or spec.default_backbone,
+            input_shape=input_shape,
+            output_stride=output_stride,
+            weights=backbone_weights,
+            **(backbone_options or {}),
+        )
+    model = spec.builder(
+        backbone_model, num_classes=num_classes, aux_outputs=aux_outputs, **options
+    )
+    if not hasattr(model, "loss_spec"):
+        model.loss_spec = {"logits": (SEGMENTATION, 1.0)}
+    if weights is not None:
+        load_model_weights(model, weights)
+    return model
+
+
+def load_model_weights(model, path):
+    """Loads a whole-model `.weights.h5` file, with an error naming the file on mismatch."""
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError, KeyError) as error:
+        raise ValueError(
+            f"Weights file {path!r} does not fit model {model.name!r}: {error}"
+        ) from error

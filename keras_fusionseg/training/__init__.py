@@ -1,0 +1,1 @@
+"""keras_fusionseg.training (to be implemented)."""

@@ -1,0 +1,1 @@
+"""keras_fusionseg.utils (to be implemented)."""
