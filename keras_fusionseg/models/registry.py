@@ -24,19 +24,26 @@ class ModelSpec:
     default_backbone: str
     default_output_stride: int
     description: str
+    tiny: dict  # `build` arguments for a narrow, fast variant (tests, smoke runs)
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name, *, default_backbone, default_output_stride, description=""):
-    """Decorator registering `builder(backbone, *, num_classes, aux_outputs, **options)`."""
+def register_model(name, *, default_backbone, default_output_stride, tiny, description=""):
+    """Decorator registering `builder(backbone, *, num_classes, aux_outputs, **options)`.
+
+    `tiny` holds `build` keyword arguments (backbone, backbone_options, head widths...) for a
+    narrow variant that builds and trains in seconds; tests run every model through it.
+    """
 
     def decorator(builder):
         if name in _MODELS:
             raise ValueError(f"Model {name!r} is registered twice.")
         summary = description or (builder.__doc__ or "").strip().split("\n")[0]
-        _MODELS[name] = ModelSpec(name, builder, default_backbone, default_output_stride, summary)
+        _MODELS[name] = ModelSpec(
+            name, builder, default_backbone, default_output_stride, summary, dict(tiny)
+        )
         return builder
 
     return decorator
