@@ -76,12 +76,12 @@ def finalize_outputs(logits, aux=None, aux_outputs=False, loss_weights=None, los
     """
     main = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
     loss_spec = {"logits": (SEGMENTATION, 1.0)}
-    if not aux_outputs or not aux:
+    if not aux_outputs:
         return main, loss_spec
     outputs = {"logits": main}
     loss_weights = loss_weights or {}
     loss_kinds = loss_kinds or {}
-    for key, tensor in aux.items():
+    for key, tensor in (aux or {}).items():
         outputs[key] = keras.layers.Activation("linear", dtype="float32", name=key)(tensor)
         loss_spec[key] = (loss_kinds.get(key, SEGMENTATION), float(loss_weights.get(key, 0.4)))
     return outputs, loss_spec
