@@ -1,0 +1,73 @@
+"""Every registered model: builds at any size, returns logits at input resolution, round-trips `.keras`."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_fusionseg import backbones, models
+
+NUM_CLASSES = 3
+
+
+def tiny_kwargs(name):
+    return dict(models.get_model_spec(name).tiny)
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_model_builds_at_any_size_and_roundtrips(name, tmp_path, rng):
+    model = models.build(name, num_classes=NUM_CLASSES, **tiny_kwargs(name))
+    for size in [(64, 64), (96, 64)]:
+        x = rng.uniform(0, 255, size=(1, *size, 3)).astype("float32")
+        y = model.predict(x, verbose=0)
+        assert y.shape == (1, *size, NUM_CLASSES), name
+        assert y.dtype == np.float32
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    clone = keras.models.load_model(path)
+    np.testing.assert_allclose(clone.predict(x, verbose=0), y, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_aux_outputs_are_a_dict_described_by_loss_spec(name, rng):
+    model = models.build(name, num_classes=NUM_CLASSES, aux_outputs=True, **tiny_kwargs(name))
+    outputs = model(rng.uniform(0, 255, size=(1, 64, 64, 3)).astype("float32"))
+    assert isinstance(outputs, dict) and "logits" in outputs
+    assert set(outputs) == set(model.loss_spec)
+    assert model.loss_spec["logits"] == (models.SEGMENTATION, 1.0)
+    for key, (kind, weight) in model.loss_spec.items():
+        assert kind in (models.SEGMENTATION, models.PRESENCE), key
+        assert weight > 0
+        if kind == models.PRESENCE:
+            assert outputs[key].shape == (1, NUM_CLASSES)
+        else:
+            assert outputs[key].shape[-1] == NUM_CLASSES
+
+
+def test_build_rejects_bad_arguments():
+    name = models.list_models()[0] if models.list_models() else None
+    with pytest.raises(ValueError, match="Unknown model 'nope'"):
+        models.build("nope", num_classes=3)
+    if name is None:
+        pytest.skip("no model registered yet")
+    with pytest.raises(ValueError, match="num_classes"):
+        models.build(name, num_classes=0)
+    with pytest.raises(ValueError, match="output_stride"):
+        models.build(name, num_classes=3, output_stride=4)
+    with pytest.raises(ValueError, match="Unknown backbone 'resnet7'"):
+        models.build(name, num_classes=3, backbone="resnet7")
+
+
+def test_build_rejects_backbone_model_without_pyramid():
+    if not models.list_models():
+        pytest.skip("no model registered yet")
+    plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 1)])
+    with pytest.raises(ValueError, match="pyramid_outputs"):
+        models.build(models.list_models()[0], num_classes=3, backbone=plain)
+
+
+def test_backbone_registry_errors():
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        backbones.build_backbone("nope")
+    if backbones.list_backbones():
+        with pytest.raises(ValueError, match="output_stride"):
+            backbones.build_backbone(backbones.list_backbones()[0], output_stride=12)
