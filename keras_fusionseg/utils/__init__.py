@@ -1,1 +1,7 @@
-"""keras_fusionseg.utils (to be implemented)."""
+"""Utilities: parameter and multiply-add counting."""
+
+from keras_fusionseg.utils.counting import (  # noqa: F401
+    count_macs,
+    count_parameters,
+    macs_by_op_type,
+)
