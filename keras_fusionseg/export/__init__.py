@@ -1,1 +1,15 @@
-"""keras_fusionseg.export (to be implemented)."""
+"""Shipping a trained model: SavedModel with raw-image signatures, TFLite, predict, serve."""
+
+from keras_fusionseg.export.predictor import load_segmenter  # noqa: F401
+from keras_fusionseg.export.saved_model import (  # noqa: F401
+    SIZE_POLICIES,
+    SegmentationPipeline,
+    export_saved_model,
+    find_keras_file,
+    load_keras_model,
+)
+from keras_fusionseg.export.tflite import (  # noqa: F401
+    QUANTIZATIONS,
+    TFLiteSegmenter,
+    convert_to_tflite,
+)

@@ -1,0 +1,204 @@
+"""TFLite conversion (fp32, fp16, dynamic-range int8, full int8) and a LiteRT runner.
+
+The converted graph is the model itself: raw pixels in [0, 255] `[1, H, W, C]` to logits
+`[1, H, W, K]`; padding/resizing to a usable size and the argmax are done by the caller
+(`TFLiteSegmenter.class_ids`) the same way as the SavedModel signatures do. Full int8 takes
+uint8 pixels directly (its input scale is 1, zero point 0 for calibration data spanning
+0..255) and returns float32 logits. Height and width are fixed (`input_size`) or dynamic
+(`input_size=None`: the interpreter is resized to each image).
+
+The interpreter is `ai_edge_litert` (`tf.lite.Interpreter` is deprecated in TF 2.21).
+"""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_fusionseg.export.saved_model import main_logits
+
+QUANTIZATIONS = ("fp32", "fp16", "dynamic_int8", "full_int8")
+
+
+def convert_to_tflite(
+    model, *, quantization="fp32", input_size=None, representative_images=None, num_calibration=None
+):
+    """Converts a Keras segmentation model to a TFLite flatbuffer.
+
+    Args:
+        model: a `keras.Model` from raw pixels to logits (or a dict with "logits").
+        quantization: one of `"fp32"`, `"fp16"` (fp16 weights), `"dynamic_int8"` (int8
+            weights, float activations), `"full_int8"` (int8 weights and activations,
+            calibrated on `representative_images`).
+        input_size: (height, width) for a fixed-shape model, or None for dynamic height/width
+            (batch is 1 in both cases).
+        representative_images: for `"full_int8"`, an iterable of images (H, W, C) or (1, H, W, C)
+            in [0, 255] from the real input pipeline; with a fixed `input_size` they must have
+            that size.
+        num_calibration: int or None, use at most this many representative images.
+
+    Returns:
+        bytes, the `.tflite` flatbuffer.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"`quantization` must be one of {list(QUANTIZATIONS)}, received {quantization!r}."
+        )
+    if quantization == "full_int8" and representative_images is None:
+        raise ValueError("`quantization='full_int8'` needs `representative_images`.")
+    channels = model.input_shape[-1]
+    if input_size is not None:
+        input_size = tuple(input_size)
+        if len(input_size) != 2 or not all(isinstance(d, int) and d > 0 for d in input_size):
+            raise ValueError(
+                f"`input_size` must be None or (height, width) positive integers, received {input_size!r}."
+            )
+        height, width = input_size
+    else:
+        height = width = None
+
+    def infer(images):
+        return {"logits": tf.cast(main_logits(model(images, training=False)), tf.float32)}
+
+    # The documented Keras 3 path (ExportArchive -> SavedModel -> converter) freezes the
+    # Keras variables; converting a concrete function directly leaves them unread.
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serve",
+            infer,
+            input_signature=[tf.TensorSpec([1, height, width, channels], tf.float32)],
+        )
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        _configure(converter, quantization, representative_images, num_calibration)
+        return converter.convert()
+
+
+def _configure(converter, quantization, representative_images, num_calibration):
+    if quantization != "fp32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "full_int8":
+        images = list(representative_images)[:num_calibration]
+        if not images:
+            raise ValueError("`representative_images` is empty.")
+
+        def representative_dataset():
+            for image in images:
+                image = np.asarray(image, np.float32)
+                yield [image.reshape((1,) + image.shape[-3:])]
+
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+
+
+def _interpreter_class():
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter
+
+
+class TFLiteSegmenter:
+    """Runs a `.tflite` segmentation model made by `convert_to_tflite` with LiteRT.
+
+    Args:
+        model: path of a `.tflite` file or its bytes.
+        num_threads: int or None, interpreter threads.
+        size_divisor: int, dynamic-shape models get images padded to a multiple of it (as the
+            SavedModel's "native" policy); fixed-shape models get images resized instead.
+        pad_value: float, raw pixel value of the padding.
+    """
+
+    def __init__(self, model, *, num_threads=None, size_divisor=32, pad_value=127.5):
+        if isinstance(model, bytes | bytearray):
+            content = bytes(model)
+            self.path = None
+        else:
+            self.path = os.fspath(model)
+            if not os.path.isfile(self.path):
+                raise ValueError(f"TFLite file {self.path!r} does not exist.")
+            with open(self.path, "rb") as f:
+                content = f.read()
+        try:
+            self.interpreter = _interpreter_class()(model_content=content, num_threads=num_threads)
+        except ValueError as error:
+            raise ValueError(
+                f"Cannot read TFLite model {self.path or '<bytes>'}: {error}"
+            ) from error
+        self.size_divisor = size_divisor
+        self.pad_value = pad_value
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        signature = self._input["shape_signature"]
+        self.dynamic = bool(signature[1] < 0 or signature[2] < 0)
+        self.input_size = None if self.dynamic else (int(signature[1]), int(signature[2]))
+        self.channels = int(signature[3])
+        self.input_dtype = self._input["dtype"]
+        self._shape = None
+        if not self.dynamic:
+            self.interpreter.allocate_tensors()
+            self._shape = tuple(self._input["shape"])
+
+    def _set_shape(self, shape):
+        if shape != self._shape:
+            self.interpreter.resize_tensor_input(self._input["index"], list(shape), strict=False)
+            self.interpreter.allocate_tensors()
+            self._shape = shape
+            self._output = self.interpreter.get_output_details()[0]
+
+    def logits(self, image):
+        """Logits (1, h, w, K) float32 of one image (1, h, w, C) at the model's own size."""
+        image = np.asarray(image)
+        if image.ndim == 3:
+            image = image[None]
+        self._set_shape(tuple(image.shape))
+        if self.input_dtype == np.float32:
+            x = image.astype(np.float32)
+        else:
+            scale, zero_point = self._input["quantization"]
+            info = np.iinfo(self.input_dtype)
+            x = np.round(image.astype(np.float32) / scale + zero_point)
+            x = np.clip(x, info.min, info.max).astype(self.input_dtype)
+        self.interpreter.set_tensor(self._input["index"], x)
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self._output["index"])
+        if out.dtype != np.float32:
+            scale, zero_point = self._output["quantization"]
+            out = (out.astype(np.float32) - zero_point) * scale
+        return out
+
+    def full_logits(self, image):
+        """Logits (H, W, K) of one uint8 image (H, W, C) of any size."""
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.shape[-1] != self.channels:
+            raise ValueError(
+                f"The TFLite model takes {self.channels}-channel images, received shape {image.shape}."
+            )
+        height, width = image.shape[:2]
+        if self.dynamic:
+            d = self.size_divisor
+            padded = np.pad(
+                image.astype(np.float32),
+                [(0, -height % d), (0, -width % d), (0, 0)],
+                constant_values=self.pad_value,
+            )
+            if self.input_dtype != np.float32:
+                padded = np.round(padded)
+            return self.logits(padded)[0, :height, :width]
+        resized = tf.image.resize(image[None].astype(np.float32), self.input_size).numpy()
+        if self.input_dtype != np.float32:
+            resized = np.round(resized)
+        logits = self.logits(resized)
+        return tf.image.resize(logits, (height, width)).numpy()[0]
+
+    def class_ids(self, image):
+        """int32 class ids (H, W) of one uint8 image (H, W, C) of any size."""
+        return np.argmax(self.full_logits(image), axis=-1).astype(np.int32)

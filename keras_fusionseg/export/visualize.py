@@ -1,0 +1,78 @@
+"""Colour label maps, overlays on the image and a legend of class names."""
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def default_palette(num_classes):
+    """The PASCAL VOC colour map: distinct colours for any number of classes.
+
+    Written out here (bit interleaving of the class id) because neither Keras nor TF ship it.
+    """
+    palette = np.zeros((num_classes, 3), np.uint8)
+    for index in range(num_classes):
+        value, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((value >> 0) & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+def colorize(class_ids, palette):
+    """(H, W) integer class ids -> (H, W, 3) uint8 colours; ids outside the palette are black."""
+    palette = np.asarray(palette, np.uint8)
+    class_ids = np.asarray(class_ids)
+    valid = (class_ids >= 0) & (class_ids < len(palette))
+    colours = palette[np.where(valid, class_ids, 0)]
+    colours[~valid] = 0
+    return colours
+
+
+def overlay(image, class_ids, palette, alpha=0.5):
+    """Blends the colour label map over an image (H, W, 1 or 3), returning uint8 RGB."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1], received {alpha!r}.")
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    colours = colorize(class_ids, palette).astype(np.float32)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def add_legend(image, class_names, palette, class_ids=None, swatch=12):
+    """Appends a legend column (colour swatch + class name) to the right of an RGB image.
+
+    Args:
+        image: (H, W, 3) uint8.
+        class_names: sequence of names, index = class id.
+        palette: (num_classes, 3) colours.
+        class_ids: optional iterable of the ids to list (e.g. those present); default all.
+        swatch: int, swatch size in pixels.
+    """
+    image = Image.fromarray(np.asarray(image, np.uint8))
+    ids = sorted(set(int(i) for i in np.unique(class_ids))) if class_ids is not None else None
+    ids = [
+        i
+        for i in (ids if ids is not None else range(len(class_names)))
+        if 0 <= i < len(class_names)
+    ]
+    row = swatch + 4
+    draw_probe = ImageDraw.Draw(image)
+    text_width = max([int(draw_probe.textlength(class_names[i])) for i in ids] + [0])
+    legend_width = swatch + 12 + text_width
+    height = max(image.height, row * len(ids) + 4)
+    canvas = Image.new("RGB", (image.width + legend_width, height), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, class_id in enumerate(ids):
+        x, y = image.width + 4, 4 + k * row
+        colour = tuple(int(c) for c in palette[class_id])
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=colour, outline=(0, 0, 0))
+        draw.text((x + swatch + 4, y), class_names[class_id], fill=(0, 0, 0))
+    return np.asarray(canvas)
