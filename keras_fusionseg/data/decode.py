@@ -1,0 +1,144 @@
+"""Decoding encoded image/label pairs in the `tf.data` graph, with errors naming the file.
+
+Decoding runs inside `tf.data` (parallel, no Python lock), so checks are graph asserts whose
+message carries the file or record name: bad data fails with
+`InvalidArgumentError: ... <what is wrong> ... <file name> ...`.
+"""
+
+import tensorflow as tf
+
+from keras_fusionseg.data.registry import IGNORE_LABEL
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+_IMAGE_CHANNELS = (1, 3)
+
+
+def _assert(condition, name, *message):
+    """Graph assert whose error text is `message` followed by the file/record `name`."""
+    return tf.debugging.Assert(condition, [*message, "in", name], summarize=8)
+
+
+def check_encoded_image(encoded, name, what):
+    """Asserts `encoded` is a complete PNG (ends with IEND) or JPEG (ends with EOI), GIF or BMP.
+
+    TF's decoders report truncated or corrupt data without the file name; these checks name it.
+    Returns `encoded` with the checks as control dependencies.
+    """
+    length = tf.strings.length(encoded)
+    head = tf.strings.substr(encoded, 0, 8)
+    is_png = tf.equal(head, _PNG_SIGNATURE)
+    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 3), _JPEG_SIGNATURE)
+    is_other = tf.logical_or(
+        tf.equal(tf.strings.substr(encoded, 0, 4), b"GIF8"),
+        tf.equal(tf.strings.substr(encoded, 0, 2), b"BM"),
+    )
+    known = _assert(
+        tf.logical_and(length >= 8, is_png | is_jpeg | is_other),
+        name,
+        f"Corrupt {what}: not a PNG, JPEG, GIF or BMP file (empty or unknown format)",
+    )
+    with tf.control_dependencies([known]):
+        tail = tf.strings.substr(encoded, tf.maximum(length - 8, 0), 4)
+        png_complete = tf.logical_or(tf.logical_not(is_png), tf.equal(tail, b"IEND"))
+        eoi = tf.strings.substr(encoded, tf.maximum(length - 2, 0), 2)
+        jpeg_complete = tf.logical_or(tf.logical_not(is_jpeg), tf.equal(eoi, b"\xff\xd9"))
+        complete = _assert(
+            png_complete & jpeg_complete,
+            name,
+            f"Truncated {what}: the file ends before the image's end marker",
+        )
+    with tf.control_dependencies([complete]):
+        return tf.identity(encoded)
+
+
+def decode_image(encoded, name):
+    """Decodes an image (1 or 3 channels) to uint8 [H, W, C], naming `name` on bad data."""
+    encoded = check_encoded_image(encoded, name, "image")
+    image = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    channels = tf.shape(image)[2]
+    ok = _assert(
+        tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)),
+        name,
+        "Unexpected channel count in image: expected 1 (grayscale) or 3 (RGB), received",
+        channels,
+    )
+    with tf.control_dependencies([ok]):
+        return tf.identity(image)
+
+
+def decode_label(encoded, name):
+    """Decodes a one-channel label image of class ids to uint8 [H, W, 1]."""
+    encoded = check_encoded_image(encoded, name, "label")
+    label = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    channels = tf.shape(label)[2]
+    ok = _assert(
+        tf.equal(channels, 1),
+        name,
+        "Unexpected channel count in label: expected 1 channel of class ids (convert colour "
+        "or palette labels to class ids first), received",
+        channels,
+    )
+    with tf.control_dependencies([ok]):
+        return tf.identity(label[..., :1])
+
+
+def check_and_map_label(
+    image, label, name, *, num_classes=None, label_map=None, ignore_label=IGNORE_LABEL
+):
+    """Remaps stored label values to train ids, then checks size and value range.
+
+    Args:
+        image: uint8 [H, W, C].
+        label: uint8 [H, W, 1] stored values.
+        name: scalar string tensor naming the example in error messages.
+        num_classes: int or None (no range check).
+        label_map: optional 256-entry uint8 table, stored value -> train id.
+        ignore_label: int, the one value allowed at or above `num_classes`.
+
+    Returns:
+        label uint8 [H, W, 1] of train ids.
+    """
+    image_hw, label_hw = tf.shape(image)[:2], tf.shape(label)[:2]
+    same_size = _assert(
+        tf.reduce_all(tf.equal(image_hw, label_hw)),
+        name,
+        "Label size differs from image size: image (height, width) =",
+        image_hw,
+        "label =",
+        label_hw,
+    )
+    if label_map is not None:
+        table = tf.constant(label_map, dtype=tf.uint8)
+        label = tf.gather(table, tf.cast(label, tf.int32))
+    checks = [same_size]
+    if num_classes is not None:
+        valid = tf.logical_or(label < num_classes, tf.equal(label, ignore_label))
+        checks.append(
+            _assert(
+                tf.reduce_all(valid),
+                name,
+                f"Label value out of range: values must be < {num_classes} "
+                f"or the ignore label {ignore_label}; found",
+                tf.reduce_max(tf.where(valid, tf.zeros_like(label), label)),
+            )
+        )
+    with tf.control_dependencies(checks):
+        return tf.identity(label)
+
+
+def decode_example(
+    image_bytes, label_bytes, name, *, num_classes=None, label_map=None, ignore_label=IGNORE_LABEL
+):
+    """Encoded image and label -> `{"image", "label", "filename"}`, checked."""
+    image = decode_image(image_bytes, name)
+    label = decode_label(label_bytes, name)
+    label = check_and_map_label(
+        image,
+        label,
+        name,
+        num_classes=num_classes,
+        label_map=label_map,
+        ignore_label=ignore_label,
+    )
+    return {"image": image, "label": label, "filename": name}
