@@ -13,12 +13,13 @@ def trainable_count(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
-def check_pyramid(model, features, height, width, output_stride):
+def check_pyramid(model, features, height, width, output_stride, round_up=True):
     assert set(features) == set(model.pyramid_outputs) == set(model.pyramid_channels)
     assert model.output_stride == output_stride
     for key, value in features.items():
         stride = min(2 ** int(key[1]), output_stride)
-        expected = (1, -(-height // stride), -(-width // stride), model.pyramid_channels[key])
+        size = [-(-n // stride) if round_up else n // stride for n in (height, width)]
+        expected = (1, *size, model.pyramid_channels[key])
         assert tuple(value.shape) == expected, key
 
 
@@ -29,7 +30,7 @@ def test_atrous_schedule_follows_the_reference_rule():
 
 
 def test_all_backbones_registered():
-    assert {"resnet50", "resnet101", "resnet152"} <= set(list_backbones())
+    assert {"resnet50", "resnet101", "resnet152", "mobilenetv2"} <= set(list_backbones())
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
@@ -103,6 +104,41 @@ def test_resnet_parameter_counts_match_references():
     )
 
 
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_mobilenetv2_pyramid_strides_and_dilation(output_stride, rng):
+    model = build_backbone("mobilenetv2", output_stride=output_stride, alpha=0.35)
+    image = rng.uniform(0, 255, size=(1, 64, 96, 3)).astype("float32")
+    check_pyramid(model, model(image), 64, 96, output_stride)
+    assert model.pyramid_channels == {"P1": 8, "P2": 8, "P3": 16, "P4": 32, "P5": 112}
+    rates = [model.get_layer(f"block_{i}_depthwise").dilation_rate[0] for i in range(1, 17)]
+    strides = [model.get_layer(f"block_{i}_depthwise").strides[0] for i in (6, 13)]
+    expected = {
+        8: ([1] * 6 + [2] * 7 + [4] * 3, [1, 1]),
+        16: ([1] * 13 + [2] * 3, [2, 1]),
+        32: ([1] * 16, [2, 2]),
+    }
+    assert (rates, strides) == expected[output_stride]
+
+
+@pytest.mark.parametrize("strided_padding", ["keras", "symmetric"])
+def test_mobilenetv2_unknown_odd_size_and_grayscale(strided_padding, rng):
+    model = build_backbone(
+        "mobilenetv2",
+        input_shape=(None, None, 1),
+        alpha=0.35,
+        output_stride=16,
+        strided_padding=strided_padding,
+    )
+    image = rng.uniform(0, 255, size=(1, 65, 50, 1)).astype("float32")
+    check_pyramid(model, model(image), 65, 50, 16, round_up=strided_padding == "symmetric")
+
+
+def test_mobilenetv2_full_count():
+    # Keras Applications MobileNetV2(include_top=False) has 2,257,984 parameters, of which
+    # the 1x1 conv to 1280 (not part of this backbone) has 409,600 + 4 * 1,280.
+    assert build_backbone("mobilenetv2").count_params() == 2_257_984 - 414_720
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -114,6 +150,9 @@ def test_resnet_parameter_counts_match_references():
         (dict(name="resnet50", input_shape=(None, None, 1)), "normalization='caffe'"),
         (dict(name="resnet50", normalization="bgr"), "`normalization`"),
         (dict(name="resnet50", input_shape=(64, 64)), "`input_shape`"),
+        (dict(name="mobilenetv2", alpha=0.6), "`alpha` must be one of"),
+        (dict(name="mobilenetv2", weight_decay=-1.0), "`weight_decay`"),
+        (dict(name="mobilenetv2", strided_padding="same"), "`strided_padding`"),
     ],
 )
 def test_backbone_argument_errors(kwargs, match):

@@ -12,6 +12,12 @@ features at output stride 32.
 
 import keras
 
+from keras_fusionseg.backbones.checks import (
+    check_input_shape,
+    check_int_tuple,
+    l2_regularizer,
+    pyramid_model,
+)
 from keras_fusionseg.backbones.output_stride import AtrousSchedule
 from keras_fusionseg.backbones.registry import register_backbone
 from keras_fusionseg.layers.common import ImageNormalization
@@ -22,47 +28,6 @@ RESNET_BN_MOMENTUM = 0.99
 
 DEFAULT_STAGE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
-
-
-def _check_int_tuple(name, value, length=None):
-    ok = isinstance(value, list | tuple) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
-    )
-    if not ok or (length is not None and len(value) != length):
-        size = f"{length} " if length is not None else ""
-        raise ValueError(
-            f"`{name}` must be a tuple of {size}positive integers, received {value!r}."
-        )
-    return tuple(value)
-
-
-def check_input_shape(input_shape, normalization):
-    """Validates (H, W, C) and that the normalisation suits the channel count."""
-    if not isinstance(input_shape, list | tuple) or len(input_shape) != 3:
-        raise ValueError(
-            f"`input_shape` must be (height, width, channels), received {input_shape!r}."
-        )
-    channels = input_shape[-1]
-    if not isinstance(channels, int) or channels < 1:
-        raise ValueError(
-            f"`input_shape` must have a known positive channel count, received {input_shape!r}."
-        )
-    if normalization not in ImageNormalization.MODES:
-        raise ValueError(
-            f"`normalization` must be one of {list(ImageNormalization.MODES)}, "
-            f"received {normalization!r}."
-        )
-    if channels != 3 and normalization in ("caffe", "torch"):
-        raise ValueError(
-            f"`normalization={normalization!r}` needs 3-channel RGB input, received "
-            f"input_shape={tuple(input_shape)!r}; use 'tf' or 'none' for {channels} channel(s)."
-        )
-
-
-def _regularizer(weight_decay):
-    if not isinstance(weight_decay, int | float) or weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be a float >= 0, received {weight_decay!r}.")
-    return keras.regularizers.L2(weight_decay) if weight_decay else None
 
 
 class _ResNetLayers:
@@ -147,20 +112,21 @@ def build_resnet(
     name="resnet",
 ):
     """Builds a dilated ResNet v1 feature extractor (see `resnet50` for the arguments)."""
-    depths = _check_int_tuple("depths", depths, 4)
-    stage_widths = _check_int_tuple("stage_widths", stage_widths, 4)
-    _check_int_tuple("stem_width", (stem_width,))
+    depths = check_int_tuple("depths", depths, 4)
+    stage_widths = check_int_tuple("stage_widths", stage_widths, 4)
+    if not isinstance(stem_width, int) or isinstance(stem_width, bool) or stem_width < 1:
+        raise ValueError(f"`stem_width` must be a positive integer, received {stem_width!r}.")
     if not isinstance(deep_stem, bool):
         raise ValueError(f"`deep_stem` must be a bool, received {deep_stem!r}.")
     if multi_grid is not None:
-        multi_grid = _check_int_tuple("multi_grid", multi_grid)
+        multi_grid = check_int_tuple("multi_grid", multi_grid)
         if len(multi_grid) != depths[-1]:
             raise ValueError(
                 f"`multi_grid` needs one rate per block of the last stage ({depths[-1]}), "
                 f"received {multi_grid!r}."
             )
     check_input_shape(input_shape, normalization)
-    layers = _ResNetLayers(use_bias, bn_momentum, bn_epsilon, _regularizer(weight_decay))
+    layers = _ResNetLayers(use_bias, bn_momentum, bn_epsilon, l2_regularizer(weight_decay))
     schedule = AtrousSchedule(output_stride)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
@@ -191,11 +157,7 @@ def build_resnet(
             )
         pyramid[f"P{stage + 2}"] = x
 
-    model = keras.Model(inputs, pyramid, name=name)
-    model.pyramid_outputs = pyramid
-    model.pyramid_channels = {key: int(t.shape[-1]) for key, t in pyramid.items()}
-    model.output_stride = output_stride
-    return model
+    return pyramid_model(inputs, pyramid, output_stride, name)
 
 
 _DOC_ARGS = """
