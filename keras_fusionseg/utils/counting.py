@@ -87,7 +87,13 @@ def macs_by_op_type(model, input_size, batch_size=1, count_dilation_padding=Fals
     builder = tf.compat.v1.profiler.ProfileOptionBuilder
     options = builder(builder.float_operation()).with_empty_output().build()
     # The "scope" view lists every node with its own FLOPs (the "op" view mixes totals).
-    profile = tf.compat.v1.profiler.profile(graph, options=options, cmd="scope")
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")  # the profiler warns that it is a TF1 API on every call
+    try:
+        profile = tf.compat.v1.profiler.profile(graph, options=options, cmd="scope")
+    finally:
+        logger.setLevel(level)
     macs = {}
     stack = list(profile.children)
     while stack:

@@ -1,0 +1,180 @@
+"""Parameters, multiply-adds and inference speed of several models, measured in one run.
+
+Each model spec is `name[:backbone[:output_stride[:key=value[:key=value...]]]]`; option keys
+starting with `backbone.` go to the backbone (e.g. `backbone.alpha=0.35`). Specs are separated
+by commas outside brackets. Models are timed in interleaved rounds (one batch of 1 per model
+per round, after a warm-up), so that load changes on a shared machine hit every model alike;
+the table reports the median images/s.
+
+    python scripts/benchmark_models.py \
+        --models=deeplabv3plus:mobilenetv2:16,deeplabv3plus:resnet50:16 --input_size=512
+"""
+
+import ast
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "models",
+    "deeplabv3plus:mobilenetv2:16,deeplabv3plus:resnet50:16",
+    "Comma-separated model specs name[:backbone[:os[:key=value...]]].",
+)
+flags.DEFINE_string("input_size", "512", "Input size: 'S' or 'H,W'.")
+flags.DEFINE_integer("num_classes", 21, "Number of classes.")
+flags.DEFINE_integer("warmup", 3, "Untimed runs per model before timing.")
+flags.DEFINE_integer("runs", 10, "Timed runs (batches of 1) per model.")
+flags.DEFINE_bool("count_macs", True, "Count multiply-adds (slow for big models).")
+
+
+def split_top_level(text, separator):
+    """Splits on `separator` outside brackets."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == separator and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    items.append(current)
+    return [item.strip() for item in items if item.strip()]
+
+
+def parse_spec(spec):
+    """'name:backbone:os:k=v' -> dict of `models.build` arguments (plus a label)."""
+    parts = split_top_level(spec, ":")
+    if not parts:
+        raise ValueError(f"--models: empty model spec in {FLAGS.models!r}.")
+    kwargs = {"name": parts[0], "backbone": None, "output_stride": None, "backbone_options": {}}
+    positional, options = [], {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if not sep:
+            if options:
+                raise ValueError(f"--models: {spec!r} has {part!r} after key=value options.")
+            positional.append(part)
+            continue
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        if key.startswith("backbone."):
+            kwargs["backbone_options"][key[len("backbone.") :]] = value
+        else:
+            options[key] = value
+    if len(positional) > 2:
+        raise ValueError(f"--models: {spec!r} has too many positional parts {positional}.")
+    if positional:
+        kwargs["backbone"] = positional[0] or None
+    if len(positional) == 2:
+        try:
+            kwargs["output_stride"] = int(positional[1])
+        except ValueError as error:
+            raise ValueError(f"--models: output stride in {spec!r} must be an int.") from error
+    kwargs["options"] = options
+    return kwargs
+
+
+def parse_input_size(text):
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(
+            f"--input_size must be 'S' or 'H,W' with positive ints, received {text!r}."
+        )
+    return size
+
+
+def describe(kwargs, spec):
+    options = {
+        **{f"backbone.{k}": v for k, v in kwargs["backbone_options"].items()},
+        **kwargs["options"],
+    }
+    text = ", ".join(f"{k}={v}" for k, v in options.items())
+    return spec.default_backbone if kwargs["backbone"] is None else kwargs["backbone"], text
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    from keras_fusionseg import models
+    from keras_fusionseg.utils import count_macs, count_parameters
+
+    height, width = parse_input_size(FLAGS.input_size)
+    specs = [parse_spec(s) for s in split_top_level(FLAGS.models, ",")]
+    entries = []
+    for kwargs in specs:
+        spec = models.get_model_spec(kwargs["name"])
+        output_stride = kwargs["output_stride"] or spec.default_output_stride
+        model = models.build(
+            kwargs["name"],
+            num_classes=FLAGS.num_classes,
+            input_shape=(height, width, 3),
+            backbone=kwargs["backbone"],
+            output_stride=output_stride,
+            backbone_options=kwargs["backbone_options"],
+            **kwargs["options"],
+        )
+        backbone, options = describe(kwargs, spec)
+        params = count_parameters(model)["total"]
+        macs = count_macs(model, (height, width)) if FLAGS.count_macs else None
+        image = tf.random.uniform((1, height, width, 3), 0, 255, seed=0)
+        function = tf.function(lambda x, m=model: m(x, training=False), jit_compile=False)
+        for _ in range(FLAGS.warmup):
+            tf.nest.map_structure(lambda t: t.numpy(), function(image))
+        entries.append(
+            {
+                "row": (kwargs["name"], backbone, output_stride, options, params, macs),
+                "function": function,
+                "image": image,
+                "times": [],
+            }
+        )
+        print(
+            f"built {kwargs['name']} on {backbone} OS{output_stride}: {params:,} params", flush=True
+        )
+
+    # Interleaved rounds: every model sees the same machine conditions.
+    for _ in range(FLAGS.runs):
+        for entry in entries:
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), entry["function"](entry["image"]))
+            entry["times"].append(time.perf_counter() - start)
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    print()
+    print(
+        f"Input {height}x{width}, {FLAGS.num_classes} classes, batch 1, median of {FLAGS.runs} runs "
+        f"after {FLAGS.warmup} warm-up; TF {tf.__version__}, {os.cpu_count()} CPU(s) "
+        f"({platform.processor() or platform.machine()}), load average at the end "
+        f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}."
+    )
+    print()
+    print("| model | backbone | OS | options | params (M) | MACs (B) | images/s | ms/image |")
+    print("|---|---|---|---|---|---|---|---|")
+    for entry in entries:
+        name, backbone, output_stride, options, params, macs = entry["row"]
+        median = statistics.median(entry["times"])
+        macs_text = f"{macs / 1e9:.2f}" if macs is not None else "-"
+        print(
+            f"| {name} | {backbone} | {output_stride} | {options or '-'} | {params / 1e6:.2f} | "
+            f"{macs_text} | {1 / median:.2f} | {median * 1e3:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)
