@@ -1,1 +1,11 @@
-"""keras_fusionseg.training (to be implemented)."""
+"""Training: losses, optimizers, strategies, config validation and the `fit` loop."""
+
+from keras_fusionseg.training.config import default_config, validate_config  # noqa: F401
+from keras_fusionseg.training.losses import (  # noqa: F401
+    PresenceCrossEntropy,
+    SegmentationCrossEntropy,
+    losses_from_loss_spec,
+)
+from keras_fusionseg.training.optimizers import PolyDecay, SGDWithL2, build_optimizer  # noqa: F401
+from keras_fusionseg.training.strategies import make_strategy, multi_worker_fit_fix  # noqa: F401
+from keras_fusionseg.training.trainer import train  # noqa: F401

@@ -1,0 +1,21 @@
+"""Quick start: a narrow DeepLabv3+ (MobileNetV2 x0.35) on the built-in synthetic_shapes data."""
+
+from keras_fusionseg.training.config import default_config
+
+
+def get_config():
+    config = default_config()
+    config.model.name = "deeplabv3plus"
+    config.model.backbone = "mobilenetv2"
+    config.model.backbone_options = {"alpha": 0.35}
+    config.model.output_stride = 16
+    config.model.options = {"aspp_filters": 64, "decoder_filters": 64, "low_level_filters": 24}
+    config.data.name = "synthetic_shapes"
+    config.data.crop_size = (96, 96)
+    config.data.batch_size = 8
+    config.train.epochs = 6
+    config.train.steps_per_epoch = 50
+    config.train.learning_rate = 0.02
+    config.train.warmup_steps = 20
+    config.train.backup_every_steps = 50
+    return config

@@ -1,0 +1,181 @@
+"""Evaluates a model over a dataset and writes `metrics.json`, confusion CSV and PNG."""
+
+import csv
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_fusionseg.evaluation import boundary, inference
+from keras_fusionseg.evaluation.confusion import confusion_from_labels, iou_from_confusion
+
+
+def _image_and_label(element, index):
+    if isinstance(element, dict):
+        image, label = element.get("image"), element.get("label")
+    elif isinstance(element, tuple | list) and len(element) >= 2:
+        image, label = element[0], element[1]
+    else:
+        raise ValueError(
+            f"Evaluation record {index} must be (image, label) or a dict with 'image' and "
+            f"'label', received {type(element).__name__}."
+        )
+    image, label = np.asarray(image), np.asarray(label)
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ValueError(
+                f"Evaluation record {index}: batch size must be 1, got {image.shape[0]}."
+            )
+        image, label = image[0], label[0]
+    if label.ndim == 3:
+        label = label[..., 0]
+    if image.ndim != 3 or label.shape != image.shape[:2]:
+        raise ValueError(
+            f"Evaluation record {index}: image {image.shape} and label {label.shape} do not match "
+            "as [H, W, C] and [H, W]."
+        )
+    return image, label
+
+
+def evaluate(
+    model,
+    dataset,
+    *,
+    num_classes,
+    ignore_label=255,
+    class_names=None,
+    mode="whole",
+    scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+    flip=True,
+    crop_size=None,
+    stride=None,
+    trimap_widths=(),
+    max_images=0,
+    verbose=1,
+):
+    """Streams images through `model` and accumulates confusion matrices.
+
+    Args:
+        model: segmentation `keras.Model` (logits, or a dict with `"logits"`).
+        dataset: iterable of (image, label) or {"image", "label"} at original resolution,
+            unbatched or batch size 1.
+        num_classes, ignore_label: int.
+        class_names: optional list of names (default "class_<i>").
+        mode: `"whole"`, `"multiscale"` (uses `scales`, `flip`) or `"sliding"` (uses
+            `crop_size`, `stride`).
+        trimap_widths: band widths (pixels) for the boundary (trimap) evaluation; empty to skip.
+        max_images: int, stop after this many images (0 = all).
+        verbose: 0 or 1 (progress bar).
+
+    Returns:
+        dict with `mean_iou`, `pixel_accuracy`, `per_class_iou` (name -> IoU or None when the
+        class is absent), `num_images`, `eval_mode`, `confusion` (ndarray) and, with
+        `trimap_widths`, `trimap` (width -> {mean_iou, pixel_accuracy}).
+    """
+    if mode not in inference.EVAL_MODES:
+        raise ValueError(f"`mode` must be one of {list(inference.EVAL_MODES)}, received {mode!r}.")
+    if mode == "sliding" and crop_size is None:
+        raise ValueError("`mode='sliding'` needs `crop_size` (e.g. the training crop).")
+    class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"`class_names` has {len(class_names)} names for num_classes={num_classes}."
+        )
+    predictor = inference.Predictor(model)
+    confusion = np.zeros((num_classes, num_classes), np.float64)
+    bands = {int(w): np.zeros_like(confusion) for w in trimap_widths}
+    progress = keras.utils.Progbar(max_images or None, verbose=verbose, unit_name="image")
+    count = 0
+    for index, element in enumerate(dataset):
+        if max_images and count >= max_images:
+            break
+        image, label = _image_and_label(element, index)
+        if mode == "whole":
+            probs = inference.predict_whole(predictor, image)
+        elif mode == "multiscale":
+            probs = inference.predict_multiscale(predictor, image, scales, flip)
+        else:
+            probs = inference.predict_sliding(predictor, image, crop_size, stride)
+        prediction = tf.argmax(probs, axis=-1, output_type=tf.int32).numpy()
+        confusion += confusion_from_labels(label, prediction, num_classes, ignore_label).numpy()
+        for width, band in boundary.band_confusions(
+            label, prediction, bands, num_classes, ignore_label
+        ).items():
+            bands[width] += band
+        count += 1
+        progress.update(count)
+    if count == 0:
+        raise ValueError("The evaluation dataset is empty.")
+    scores = iou_from_confusion(confusion)
+    eval_mode = {"mode": mode}
+    if mode == "multiscale":
+        eval_mode.update(scales=[float(s) for s in scales], flip=bool(flip))
+    if mode == "sliding":
+        eval_mode.update(
+            crop_size=[int(v) for v in crop_size],
+            stride=None if stride is None else [int(v) for v in stride],
+        )
+    results = {
+        "mean_iou": scores["mean_iou"],
+        "pixel_accuracy": scores["pixel_accuracy"],
+        "per_class_iou": {
+            name: (None if math.isnan(v) else float(v))
+            for name, v in zip(class_names, scores["per_class_iou"], strict=True)
+        },
+        "num_images": count,
+        "eval_mode": eval_mode,
+        "class_names": class_names,
+        "confusion": confusion,
+    }
+    if bands:
+        results["trimap"] = {}
+        for width, band in bands.items():
+            band_scores = iou_from_confusion(band)
+            results["trimap"][str(width)] = {
+                "mean_iou": band_scores["mean_iou"],
+                "pixel_accuracy": band_scores["pixel_accuracy"],
+            }
+    return results
+
+
+def write_reports(results, directory, extra=None):
+    """Writes `metrics.json`, `confusion_matrix.csv` and `confusion_matrix.png` to `directory`.
+
+    Args:
+        results: dict from `evaluate`.
+        directory: output folder (created).
+        extra: optional dict merged into `metrics.json` (e.g. the checkpoint used).
+    """
+    os.makedirs(directory, exist_ok=True)
+    metrics = {k: v for k, v in results.items() if k != "confusion"}
+    metrics.update(extra or {})
+    with open(os.path.join(directory, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, allow_nan=True)
+    names = results["class_names"]
+    confusion = results["confusion"]
+    with open(os.path.join(directory, "confusion_matrix.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, confusion, strict=True):
+            writer.writerow([name, *(int(v) for v in row)])
+    png = confusion_heat_map(confusion)
+    tf.io.write_file(os.path.join(directory, "confusion_matrix.png"), tf.io.encode_png(png))
+
+
+def confusion_heat_map(confusion, cell=16):
+    """uint8 RGB heat map [C*cell, C*cell, 3] of the row-normalised confusion matrix.
+
+    Row i (true class i) shows where its pixels went: white = 0, dark blue = 1.
+    """
+    confusion = np.asarray(confusion, np.float64)
+    rows = confusion.sum(axis=1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
+    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
+    colours = white + share[..., None] * (blue - white)
+    image = np.repeat(np.repeat(colours, cell, axis=0), cell, axis=1)
+    image[::cell, :, :] = 200.0  # grid lines
+    image[:, ::cell, :] = 200.0
+    return image.astype(np.uint8)

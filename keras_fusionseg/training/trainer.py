@@ -1,0 +1,285 @@
+"""The training loop: Keras `fit` under a `tf.distribute` strategy, then a final evaluation.
+
+Workdir layout: `config.json` (the resolved config), `backup/` (BackupAndRestore; a killed
+run re-run with the same command resumes from it), `checkpoints/best.keras` (best
+validation mIoU), `checkpoints/final.keras`, `logs/` (TensorBoard), and `metrics.json`,
+`confusion_matrix.csv`, `confusion_matrix.png` from the final evaluation.
+"""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_fusionseg import data, models
+from keras_fusionseg.evaluation import evaluator
+from keras_fusionseg.evaluation.confusion import ConfusionMatrixMetric
+from keras_fusionseg.training import callbacks as callbacks_lib
+from keras_fusionseg.training import strategies
+from keras_fusionseg.training.config import validate_config
+from keras_fusionseg.training.losses import losses_from_loss_spec
+from keras_fusionseg.training.optimizers import PolyDecay, build_optimizer
+
+
+def dataset_info(config):
+    name = config.data.name
+    return data.get_dataset_info(name)
+
+
+def load_split(config, split):
+    return data.load_split(
+        config.data.name,
+        split,
+        data_dir=config.data.data_dir or None,
+        **dict(config.data.options),
+    )
+
+
+def build_model(config, num_classes):
+    """The configured model (call inside the strategy scope)."""
+    return models.build(
+        config.model.name,
+        num_classes=num_classes,
+        input_shape=(None, None, 3),
+        backbone=config.model.backbone or None,
+        output_stride=config.model.output_stride,
+        backbone_options=dict(config.model.backbone_options),
+        aux_outputs=config.model.aux_outputs,
+        **dict(config.model.options),
+    )
+
+
+def synchronize_batch_norm(model):
+    """Switches every BatchNormalization layer to batch statistics over all replicas."""
+    count = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            count += 1
+    return count
+
+
+def read_backup_state(backup_dir):
+    """(epoch, batch) recorded by `BackupAndRestore`, or None when there is no backup."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        state = json.load(f)
+    return int(state.get("epoch", 0)), int(state.get("batch", 0))
+
+
+def _labels_for_outputs(loss_spec):
+    names = list(loss_spec)
+    if names == ["logits"]:
+        return None
+    return lambda images, labels: (images, {name: labels for name in names})
+
+
+def _monitor_name(loss_spec):
+    return "val_mean_iou" if list(loss_spec) == ["logits"] else "val_logits_mean_iou"
+
+
+def set_determinism(seed, deterministic):
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def train(config, workdir, *, strategy="auto", mixed_precision=None, config_source="config"):
+    """Trains `config`'s model in `workdir` and evaluates it; returns the final metrics dict.
+
+    Args:
+        config: `ml_collections.ConfigDict` (see `keras_fusionseg.training.config`).
+        workdir: output folder; re-running with the same workdir resumes from its backup.
+        strategy: a name for `strategies.make_strategy` or a `tf.distribute.Strategy`.
+        mixed_precision: None (use `config.mixed_precision`), "", "mixed_float16" or
+            "mixed_bfloat16"; logits stay float32.
+        config_source: str naming the config in error messages.
+    """
+    if mixed_precision is not None:
+        config.mixed_precision = mixed_precision
+    validate_config(config, workdir, source=config_source)
+    info = dataset_info(config)
+    set_determinism(config.seed, config.deterministic)
+    if not isinstance(strategy, tf.distribute.Strategy):
+        strategy = strategies.make_strategy(strategy)
+    chief = strategies.is_chief(strategy)
+    task_id = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0) or 0
+    # Non-chief workers must not write where the chief writes.
+    backup_dir = os.path.join(workdir, "backup" if chief else f"backup_worker_{task_id}")
+    if chief:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    total_steps = config.train.epochs * config.train.steps_per_epoch
+    stop_step = min(config.train.max_steps, total_steps) if config.train.max_steps else total_steps
+    resumed = read_backup_state(backup_dir)
+    if resumed:
+        print(
+            f"Resuming from backup {backup_dir}: epoch {resumed[0] + 1}, batch {resumed[1]}",
+            flush=True,
+        )
+    # A resumed run draws new augmentations instead of replaying the first run's.
+    data_seed = config.seed + (1000 * resumed[0] + resumed[1] + 1 if resumed else 0)
+
+    train_ds = data.training_pipeline(
+        load_split(config, config.data.train_split),
+        crop_size=tuple(config.data.crop_size),
+        batch_size=config.data.batch_size,
+        scale_range=tuple(config.data.scale_range) if config.data.scale_range else None,
+        flip=config.data.flip,
+        color_jitter=data.DEFAULT_COLOR_JITTER if config.data.color_jitter else None,
+        ignore_label=info.ignore_label,
+        seed=data_seed,
+        deterministic=config.deterministic,
+        drop_remainder=True,
+        shuffle_buffer=config.data.shuffle_buffer,
+        cache=config.data.cache,
+        repeat=True,
+    )
+    val_records = load_split(config, config.data.val_split)
+    if config.train.validation_max_images:
+        val_records = val_records.take(config.train.validation_max_images)
+    val_ds = data.eval_pipeline(val_records, cache=config.data.cache)
+
+    policy = config.mixed_precision or "float32"
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        with strategy.scope():
+            model = build_model(config, info.num_classes)
+            if config.train.sync_batch_norm:
+                synchronize_batch_norm(model)
+            schedule = PolyDecay(
+                config.train.learning_rate,
+                total_steps,
+                power=config.train.poly_power,
+                warmup_steps=config.train.warmup_steps,
+            )
+            optimizer = build_optimizer(
+                config.train.optimizer,
+                schedule,
+                model=model,
+                momentum=config.train.momentum,
+                weight_decay=config.train.weight_decay,
+                decay_depthwise=config.train.decay_depthwise,
+            )
+            loss, loss_weights = losses_from_loss_spec(
+                model.loss_spec,
+                num_classes=info.num_classes,
+                ignore_label=info.ignore_label,
+                class_weights=list(config.train.class_weights) or None,
+                ohem_fraction=config.train.ohem_fraction,
+                loss_weight_overrides=dict(config.model.loss_weights),
+            )
+            metric_list = [
+                ConfusionMatrixMetric(info.num_classes, info.ignore_label, "mean_iou"),
+                ConfusionMatrixMetric(info.num_classes, info.ignore_label, "pixel_accuracy"),
+            ]
+            metrics = metric_list if loss_weights is None else {"logits": metric_list}
+            model.compile(
+                optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=metrics
+            )
+        relabel = _labels_for_outputs(model.loss_spec)
+        if relabel is not None:
+            train_ds = train_ds.map(relabel)
+            val_ds = val_ds.map(relabel)
+
+        callback_list = [
+            callbacks_lib.StopOnNaN(),
+            keras.callbacks.BackupAndRestore(
+                backup_dir, save_freq=config.train.backup_every_steps, double_checkpoint=True
+            ),
+            callbacks_lib.StopAtStep(stop_step),
+        ]
+        checkpoint_dir = os.path.join(workdir, "checkpoints")
+        if chief:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+            logdir = os.path.join(workdir, "logs")
+            callback_list += [
+                keras.callbacks.ModelCheckpoint(
+                    os.path.join(checkpoint_dir, "best.keras"),
+                    monitor=_monitor_name(model.loss_spec),
+                    mode="max",
+                    save_best_only=True,
+                ),
+                callbacks_lib.TensorBoardLogger(logdir),
+            ]
+            if config.train.num_overlay_images:
+                overlay = _overlay_examples(config, info, config.train.num_overlay_images)
+                if overlay is not None:
+                    callback_list.append(
+                        callbacks_lib.PredictionOverlays(
+                            *overlay, info.palette, logdir, ignore_label=info.ignore_label
+                        )
+                    )
+        start = time.time()
+        with strategies.multi_worker_fit_fix(strategy):
+            history = model.fit(
+                train_ds,
+                epochs=config.train.epochs,
+                steps_per_epoch=config.train.steps_per_epoch,
+                validation_data=val_ds,
+                validation_freq=config.train.validation_every_epochs,
+                callbacks=callback_list,
+                verbose=config.train.verbose,
+            )
+        train_seconds = time.time() - start
+        steps_done = int(model.optimizer.iterations.numpy())
+        if not chief:
+            return {"train_steps": steps_done}
+        final_path = os.path.join(checkpoint_dir, "final.keras")
+        model.save(final_path)
+        results = evaluate_config(config, model, info, verbose=config.train.verbose)
+        extra = {
+            "checkpoint": final_path,
+            "train_steps": steps_done,
+            "train_seconds": round(train_seconds, 1),
+            "resumed_from": None
+            if resumed is None
+            else {"epoch": resumed[0] + 1, "batch": resumed[1]},
+            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        }
+        evaluator.write_reports(results, workdir, extra)
+        results.update(extra)
+        return results
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _overlay_examples(config, info, count):
+    records = load_split(config, config.data.val_split).take(count)
+    examples = list(data.eval_pipeline(records).as_numpy_iterator())
+    if not examples:
+        return None
+    shapes = {e[0].shape for e in examples}
+    if len(shapes) > 1:  # images of different sizes: keep those shaped like the first
+        examples = [e for e in examples if e[0].shape == examples[0][0].shape]
+    images = np.concatenate([e[0] for e in examples])
+    labels = np.concatenate([e[1] for e in examples])
+    return images, labels
+
+
+def evaluate_config(config, model, info=None, verbose=1):
+    """Evaluates `model` on the config's validation split with the config's eval mode."""
+    info = info or dataset_info(config)
+    crop = tuple(config.eval.crop_size) or tuple(config.data.crop_size)
+    return evaluator.evaluate(
+        model,
+        data.eval_pipeline(load_split(config, config.data.val_split)),
+        num_classes=info.num_classes,
+        ignore_label=info.ignore_label,
+        class_names=list(info.class_names),
+        mode=config.eval.mode,
+        scales=tuple(config.eval.scales),
+        flip=config.eval.flip,
+        crop_size=crop,
+        stride=tuple(config.eval.stride) or None,
+        trimap_widths=tuple(config.eval.trimap_widths),
+        max_images=config.eval.max_images,
+        verbose=verbose,
+    )

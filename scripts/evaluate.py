@@ -1,0 +1,76 @@
+"""Evaluates a trained checkpoint on the config's validation split.
+
+    python scripts/evaluate.py --workdir=runs/quickstart                  # whole images
+    python scripts/evaluate.py --workdir=runs/quickstart --config.eval.mode=multiscale
+    python scripts/evaluate.py --workdir=runs/camvid --config=configs/deeplabv3plus_mobilenetv2_camvid.py \
+        --config.eval.mode=sliding --config.eval.trimap_widths="(2,5,10)"
+
+Writes metrics.json, confusion_matrix.csv and confusion_matrix.png to
+<workdir>/eval_<mode>/ (or --output_dir).
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(REPO, "configs", "quickstart.py"), "Python config file (configs/*.py)."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training folder (default runs/<config name>).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "A .keras model (default <workdir>/checkpoints/final.keras)."
+)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default <workdir>/eval_<mode>.")
+_STRATEGY = flags.DEFINE_enum(
+    "strategy",
+    "auto",
+    ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
+    "Accepted for symmetry with train.py; evaluation runs image by image on one device.",
+)
+_MIXED_PRECISION = flags.DEFINE_enum(
+    "mixed_precision",
+    None,
+    ["", "float32", "mixed_float16", "mixed_bfloat16"],
+    "Accepted for symmetry with train.py; the checkpoint keeps its own dtype policy.",
+)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import keras
+
+    import keras_fusionseg  # noqa: F401  (registers custom layers for loading)
+    from keras_fusionseg.evaluation import evaluator
+    from keras_fusionseg.training import trainer
+    from keras_fusionseg.training.config import validate_config
+
+    config = _CONFIG.value
+    name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+    workdir = _WORKDIR.value or os.path.join("runs", name)
+    output_dir = _OUTPUT_DIR.value or os.path.join(workdir, f"eval_{config.eval.mode}")
+    validate_config(config, output_dir, source=flags.FLAGS["config"].config_filename)
+    checkpoint = _CHECKPOINT.value or os.path.join(workdir, "checkpoints", "final.keras")
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(
+            f"Checkpoint {checkpoint!r} does not exist; train first or pass --checkpoint."
+        )
+    model = keras.models.load_model(checkpoint, compile=False)
+    results = trainer.evaluate_config(config, model)
+    evaluator.write_reports(results, output_dir, {"checkpoint": checkpoint})
+    print(
+        f"mIoU {results['mean_iou']:.4f}, pixel accuracy {results['pixel_accuracy']:.4f} on "
+        f"{results['num_images']} images ({results['eval_mode']}). Reports in {output_dir}/"
+    )
+    for width, scores in results.get("trimap", {}).items():
+        print(f"  trimap band {width} px: mIoU {scores['mean_iou']:.4f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
