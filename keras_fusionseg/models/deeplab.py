@@ -20,13 +20,12 @@ from keras_fusionseg.models.registry import finalize_outputs, register_model
 # OS32 we halve them, which keeps each branch's field of view in input pixels (rate x stride).
 ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
 
-TINY = {
+TINY_DEEPLABV3 = {
     "backbone": "mobilenetv2",
     "backbone_options": {"alpha": 0.35},
     "aspp_filters": 16,
-    "decoder_filters": 16,
-    "low_level_filters": 8,
 }
+TINY_DEEPLABV3PLUS = {**TINY_DEEPLABV3, "decoder_filters": 16, "low_level_filters": 8}
 
 
 def _output_stride(backbone):
@@ -106,7 +105,9 @@ def _model(backbone, logits, aux_outputs, name):
     return model
 
 
-@register_model("deeplabv3", default_backbone="xception65", default_output_stride=16, tiny=TINY)
+@register_model(
+    "deeplabv3", default_backbone="xception65", default_output_stride=16, tiny=TINY_DEEPLABV3
+)
 def deeplabv3(
     backbone,
     *,
@@ -140,7 +141,12 @@ def deeplabv3(
     return _model(backbone, logits, aux_outputs, "deeplabv3")
 
 
-@register_model("deeplabv3plus", default_backbone="xception65", default_output_stride=16, tiny=TINY)
+@register_model(
+    "deeplabv3plus",
+    default_backbone="xception65",
+    default_output_stride=16,
+    tiny=TINY_DEEPLABV3PLUS,
+)
 def deeplabv3plus(
     backbone,
     *,
