@@ -30,7 +30,9 @@ def test_atrous_schedule_follows_the_reference_rule():
 
 
 def test_all_backbones_registered():
-    assert {"resnet50", "resnet101", "resnet152", "mobilenetv2"} <= set(list_backbones())
+    assert {"resnet50", "resnet101", "resnet152", "mobilenetv2", "xception65", "xception71"} <= set(
+        list_backbones()
+    )
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
