@@ -14,9 +14,10 @@ _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _IMAGE_CHANNELS = (1, 3)
 
 
-def _assert(condition, name, *message):
-    """Graph assert whose error text is `message` followed by the file/record `name`."""
-    return tf.debugging.Assert(condition, [*message, "in", name], summarize=8)
+def _assert(condition, name, message, *values):
+    """Graph assert whose error reads `<message> in <name>` followed by `values`."""
+    text = tf.strings.join([message, " in ", name])
+    return tf.debugging.Assert(condition, [text, *values], summarize=8)
 
 
 def check_encoded_image(encoded, name, what):
@@ -60,7 +61,8 @@ def decode_image(encoded, name):
     ok = _assert(
         tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)),
         name,
-        "Unexpected channel count in image: expected 1 (grayscale) or 3 (RGB), received",
+        "Unexpected channel count in image (expected 1 for grayscale or 3 for RGB)",
+        "channels:",
         channels,
     )
     with tf.control_dependencies([ok]):
@@ -75,8 +77,9 @@ def decode_label(encoded, name):
     ok = _assert(
         tf.equal(channels, 1),
         name,
-        "Unexpected channel count in label: expected 1 channel of class ids (convert colour "
-        "or palette labels to class ids first), received",
+        "Unexpected channel count in label (expected 1 channel of class ids; convert colour "
+        "or palette labels to class ids first)",
+        "channels:",
         channels,
     )
     with tf.control_dependencies([ok]):
@@ -103,9 +106,10 @@ def check_and_map_label(
     same_size = _assert(
         tf.reduce_all(tf.equal(image_hw, label_hw)),
         name,
-        "Label size differs from image size: image (height, width) =",
+        "Label size differs from image size",
+        "image (height, width):",
         image_hw,
-        "label =",
+        "label:",
         label_hw,
     )
     if label_map is not None:
@@ -118,8 +122,9 @@ def check_and_map_label(
             _assert(
                 tf.reduce_all(valid),
                 name,
-                f"Label value out of range: values must be < {num_classes} "
-                f"or the ignore label {ignore_label}; found",
+                f"Label value out of range (values must be < {num_classes} "
+                f"or the ignore label {ignore_label})",
+                "largest bad value:",
                 tf.reduce_max(tf.where(valid, tf.zeros_like(label), label)),
             )
         )

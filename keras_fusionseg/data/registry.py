@@ -257,3 +257,7 @@ register_dataset(
     DatasetInfo("isbi2012_membrane", 2, ("membrane", "cell"), palette=[(0, 0, 0), (255, 255, 255)])
 )
 register_dataset(DatasetInfo("synthetic_shapes", 6, SYNTHETIC_SHAPES_CLASSES))
+# Oxford-IIIT Pet trimaps store 1 = pet, 2 = background, 3 = border (not classified).
+register_dataset(
+    DatasetInfo("oxford_iiit_pet", 2, ("background", "pet"), label_map=_table([(1, 1), (2, 0)]))
+)

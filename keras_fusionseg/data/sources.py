@@ -151,7 +151,7 @@ def synthetic_dataset(split, **options):
     )
 
 
-def _is_tfrecord(source):
+def is_tfrecord(source):
     return any(marker in os.path.basename(source) for marker in _TFRECORD_MARKERS)
 
 
@@ -214,7 +214,8 @@ def load_split(
                 f"Dataset {source!r} is read from a folder: pass `data_dir` "
                 "(layout: images/<split>/<stem>.<ext>, labels/<split>/<stem>.png)."
             )
-        num_classes = info.num_classes if num_classes is None else num_classes
+        if num_classes is None and (apply_label_map or info.label_map is None):
+            num_classes = info.num_classes  # stored ids are only checked once mapped
         label_map = info.label_map if apply_label_map else None
         ignore_label = info.ignore_label
         return pairs_dataset(
@@ -227,7 +228,7 @@ def load_split(
         if num_classes is None and os.path.isfile(os.path.join(source, "classes.txt")):
             num_classes = registry.folder_dataset_info(source).num_classes
         return pairs_dataset(folder_pairs(source, split), num_classes=num_classes)
-    if _is_tfrecord(source):
+    if is_tfrecord(source):
         from keras_fusionseg.data.tfrecords import tfrecord_dataset
 
         return tfrecord_dataset(source.format(split=split), num_classes=num_classes)

@@ -1,0 +1,318 @@
+"""Sharded TFRecords with the TF Model Garden segmentation feature keys.
+
+Files are interchangeable with that ecosystem: `image/encoded`, `image/format`,
+`image/height`, `image/width`, `image/filename`, `image/segmentation/class/encoded`,
+`image/segmentation/class/format`. Shards are written under a temporary name and renamed
+only when every shard is complete, so a failed run leaves no half-written shard.
+"""
+
+import io
+import os
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from keras_fusionseg.data import registry, sources
+from keras_fusionseg.data.decode import _assert, decode_example
+from keras_fusionseg.data.registry import IGNORE_LABEL
+
+IMAGE_ENCODED = "image/encoded"
+IMAGE_FORMAT = "image/format"
+IMAGE_HEIGHT = "image/height"
+IMAGE_WIDTH = "image/width"
+IMAGE_FILENAME = "image/filename"
+LABEL_ENCODED = "image/segmentation/class/encoded"
+LABEL_FORMAT = "image/segmentation/class/format"
+REQUIRED_KEYS = (IMAGE_ENCODED, LABEL_ENCODED)
+
+_FEATURES = {
+    IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    IMAGE_HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    IMAGE_WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    IMAGE_FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    LABEL_ENCODED: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    LABEL_FORMAT: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Writing
+
+
+def _bytes_feature(value):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def make_example(image_bytes, image_format, label_bytes, height, width, filename):
+    """A `tf.train.Example` with the Model Garden keys (label format is always png)."""
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                IMAGE_ENCODED: _bytes_feature(image_bytes),
+                IMAGE_FORMAT: _bytes_feature(image_format.encode()),
+                IMAGE_HEIGHT: _int_feature(height),
+                IMAGE_WIDTH: _int_feature(width),
+                IMAGE_FILENAME: _bytes_feature(filename.encode()),
+                LABEL_ENCODED: _bytes_feature(label_bytes),
+                LABEL_FORMAT: _bytes_feature(b"png"),
+            }
+        )
+    )
+
+
+def _png_bytes(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _resized(array, long_side, resample):
+    height, width = array.shape[:2]
+    scale = long_side / max(height, width)
+    if scale >= 1.0:
+        return array
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(array).resize(size, resample=resample))
+
+
+def example_from_files(
+    image_path,
+    label_path,
+    *,
+    resize_long_side=None,
+    num_classes=None,
+    label_map=None,
+    ignore_label=IGNORE_LABEL,
+):
+    """Reads, checks and (optionally) resizes one pair into a `tf.train.Example`.
+
+    Without resizing, the image file's bytes are stored unchanged (pixels stay identical);
+    labels are stored as one-channel PNG of train ids (`label_map` applied; palette PNGs
+    keep their indices). Errors name
+    the file: corrupt or truncated image, label size, label channels or values.
+    """
+    with open(image_path, "rb") as handle:
+        image_bytes = handle.read()
+    try:
+        image = Image.open(io.BytesIO(image_bytes))
+        image_format = {"PNG": "png", "JPEG": "jpeg"}.get(image.format)
+        image = np.asarray(image)
+        label = np.asarray(Image.open(label_path))
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(
+            f"Corrupt or truncated image in {image_path!r} / {label_path!r}: {error}"
+        ) from error
+    image_channels = 1 if image.ndim == 2 else image.shape[2]
+    if image_channels not in (1, 3):
+        raise ValueError(
+            f"Unexpected channel count in image {image_path!r}: {image_channels} (expected 1 or 3)."
+        )
+    if label.ndim != 2:
+        raise ValueError(
+            f"Unexpected channel count in label {label_path!r}: {label.shape[2]} "
+            "(expected one channel of class ids)."
+        )
+    if label.shape != image.shape[:2]:
+        raise ValueError(
+            f"Label size differs from image size: {label_path!r} is {label.shape[:2]}, "
+            f"{image_path!r} is {image.shape[:2]}."
+        )
+    if label_map is not None:
+        label = np.asarray(label_map, dtype=np.uint8)[label]
+    if num_classes is not None:
+        bad = np.unique(label[(label >= num_classes) & (label != ignore_label)])
+        if bad.size:
+            raise ValueError(
+                f"Label value out of range in {label_path!r}: {bad.tolist()} "
+                f"(values must be < {num_classes} or {ignore_label})."
+            )
+    label = label.astype(np.uint8)
+    if resize_long_side:
+        image = _resized(image, resize_long_side, Image.BILINEAR)
+        label = _resized(label, resize_long_side, Image.NEAREST)
+        image_bytes, image_format = _png_bytes(image), "png"
+    elif image_format is None:  # GIF/BMP: store as PNG, the Model Garden readers' formats
+        image_bytes, image_format = _png_bytes(image), "png"
+    return make_example(
+        image_bytes,
+        image_format,
+        _png_bytes(label),
+        image.shape[0],
+        image.shape[1],
+        os.path.basename(image_path),
+    )
+
+
+def example_from_arrays(image, label, filename):
+    """A `tf.train.Example` from uint8 arrays (image [H, W, C], label [H, W] or [H, W, 1])."""
+    image = np.asarray(image, dtype=np.uint8)
+    label = np.asarray(label, dtype=np.uint8).reshape(image.shape[:2])
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    return make_example(
+        _png_bytes(image), "png", _png_bytes(label), image.shape[0], image.shape[1], filename
+    )
+
+
+def examples_from_source(
+    source, split, *, data_dir=None, resize_long_side=None, num_classes=None, **options
+):
+    """`tf.train.Example`s of one split of any `load_split` source, checked on the way.
+
+    File sources (registered name with `data_dir`, folder, list file) are read with PIL and
+    their image bytes kept as they are; other sources (`synthetic_shapes`, `tfds:...`,
+    TFRecords) are decoded and re-encoded as PNG.
+    """
+    source = os.fspath(source)
+    pairs, label_map = None, None
+    if source in registry.list_datasets() and source != "synthetic_shapes":
+        if data_dir is None:
+            raise ValueError(f"Dataset {source!r} is read from a folder: pass `data_dir`.")
+        info = registry.get_dataset_info(source)
+        pairs, label_map = sources.folder_pairs(os.fspath(data_dir), split), info.label_map
+        num_classes = info.num_classes if num_classes is None else num_classes
+    elif os.path.isdir(source):
+        pairs = sources.folder_pairs(source, split)
+        if num_classes is None and os.path.isfile(os.path.join(source, "classes.txt")):
+            num_classes = registry.folder_dataset_info(source).num_classes
+    elif os.path.isfile(source.format(split=split)) and not sources.is_tfrecord(source):
+        pairs = sources.list_file_pairs(source.format(split=split))
+    if pairs is not None:
+        for image_path, label_path in pairs:
+            yield example_from_files(
+                image_path,
+                label_path,
+                resize_long_side=resize_long_side,
+                num_classes=num_classes,
+                label_map=label_map,
+            )
+        return
+    dataset = sources.load_split(
+        source, split, data_dir=data_dir, num_classes=num_classes, **options
+    )
+    for element in dataset.as_numpy_iterator():
+        image, label = element["image"], element["label"][..., 0]
+        if resize_long_side:
+            image = _resized(
+                image[..., 0] if image.shape[2] == 1 else image, resize_long_side, Image.BILINEAR
+            )
+            label = _resized(label, resize_long_side, Image.NEAREST)
+        yield example_from_arrays(image, label, element["filename"].decode())
+
+
+def shard_paths(output, num_shards):
+    """Final shard paths: `prefix-00000-of-00004.tfrecord` for output `prefix.tfrecord`."""
+    root, ext = os.path.splitext(output)
+    if ext not in (".tfrecord", ".tfrecords", ".record", ".tfrec"):
+        root, ext = output, ""
+    return [f"{root}-{i:05d}-of-{num_shards:05d}{ext}" for i in range(num_shards)]
+
+
+def write_tfrecords(examples, output, num_shards=1):
+    """Writes `tf.train.Example`s round-robin into `num_shards` shards, atomically.
+
+    Args:
+        examples: iterable of `tf.train.Example`.
+        output: str, `prefix.tfrecord`; shards are `prefix-0000i-of-0000n.tfrecord`.
+        num_shards: int.
+
+    Returns:
+        (list of shard paths, number of examples). Each shard is written to a temporary
+        file and renamed once all shards are complete; on error no shard and no temporary
+        file is left.
+    """
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"`num_shards` must be a positive integer, received {num_shards!r}.")
+    paths = shard_paths(os.fspath(output), num_shards)
+    os.makedirs(os.path.dirname(os.path.abspath(paths[0])), exist_ok=True)
+    temporary = [f"{path}.incomplete-{os.getpid()}" for path in paths]
+    writers = [tf.io.TFRecordWriter(path) for path in temporary]
+    count = 0
+    try:
+        for count, example in enumerate(examples, start=1):
+            writers[(count - 1) % num_shards].write(example.SerializeToString())
+        if count == 0:
+            raise ValueError(f"No examples to write to {output!r} (empty split).")
+        for writer in writers:
+            writer.close()
+        for temp, path in zip(temporary, paths, strict=True):
+            os.replace(temp, path)
+    finally:
+        for writer, temp in zip(writers, temporary, strict=True):
+            writer.close()
+            if os.path.exists(temp):
+                os.remove(temp)
+    return paths, count
+
+
+# ----------------------------------------------------------------------------------------
+# Reading
+
+
+def tfrecord_dataset(pattern, *, num_classes=None, label_map=None, ignore_label=IGNORE_LABEL):
+    """Lazily decoded dataset of Model Garden segmentation TFRecords.
+
+    Shards are interleaved one record at a time in file order, which restores the order
+    `write_tfrecords` received the examples in. Errors name the shard, the record index and
+    the stored file name; a record without `image/encoded` or
+    `image/segmentation/class/encoded` is an error.
+    """
+    files = sources.glob_files(os.fspath(pattern))
+    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda path: (
+            tf.data.TFRecordDataset(path)
+            .enumerate()
+            .map(lambda index, record: (path, index, record))
+        ),
+        cycle_length=len(files),
+        block_length=1,
+        num_parallel_calls=min(len(files), 4) if len(files) > 1 else None,
+        deterministic=True if len(files) > 1 else None,
+    )
+
+    def decode(path, index, record):
+        features = tf.io.parse_single_example(record, _FEATURES)
+        name = tf.strings.join(
+            [path, " record ", tf.strings.as_string(index), " (", features[IMAGE_FILENAME], ")"]
+        )
+        checks = [
+            _assert(
+                tf.strings.length(features[key]) > 0,
+                name,
+                f"TFRecord example lacks the required key {key}",
+            )
+            for key in REQUIRED_KEYS
+        ]
+        with tf.control_dependencies(checks):
+            image_bytes = tf.identity(features[IMAGE_ENCODED])
+        example = decode_example(
+            image_bytes,
+            features[LABEL_ENCODED],
+            name,
+            num_classes=num_classes,
+            label_map=label_map,
+            ignore_label=ignore_label,
+        )
+        stored = tf.stack([features[IMAGE_HEIGHT], features[IMAGE_WIDTH]])
+        actual = tf.cast(tf.shape(example["image"])[:2], tf.int64)
+        size_ok = _assert(
+            tf.reduce_all((stored < 0) | tf.equal(stored, actual)),
+            name,
+            "Image size differs from image/height, image/width",
+            "stored:",
+            stored,
+            "decoded:",
+            actual,
+        )
+        with tf.control_dependencies([size_ok]):
+            example["image"] = tf.identity(example["image"])
+        example["filename"] = features[IMAGE_FILENAME]
+        return example
+
+    return sources.lazy_dataset(records, decode)

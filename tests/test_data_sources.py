@@ -1,0 +1,286 @@
+"""Sources: folders, list files, TFRecords (round trip, atomic shards), registry, bad data."""
+
+import io
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import shared_dataset
+from PIL import Image
+
+from keras_fusionseg import data
+from keras_fusionseg.data import registry, tfrecords
+
+
+def _save(path, array, fmt="PNG"):
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format=fmt)
+    return path
+
+
+def make_folder(root, rng, split="train", count=3, size=(12, 16), num_classes=4, gray=False):
+    """A folder dataset: images/<split>/<stem>.png, labels/<split>/<stem>.png, classes.txt."""
+    root = pathlib.Path(root)
+    for i in range(count):
+        shape = size if gray else (*size, 3)
+        _save(root / "images" / split / f"img{i}.png", rng.integers(0, 256, shape, np.uint8))
+        label = rng.integers(0, num_classes, size, np.uint8)
+        label[0, 0] = 255
+        _save(root / "labels" / split / f"img{i}.png", label)
+    (root / "classes.txt").write_text("".join(f"c{i}\n" for i in range(num_classes)))
+    return root
+
+
+def _elements(ds):
+    return list(ds.as_numpy_iterator())
+
+
+def _assert_same(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def _round_trip(source, split, tmp_path, num_shards=2, **kwargs):
+    original = _elements(data.load_split(source, split, **kwargs))
+    examples = tfrecords.examples_from_source(source, split, **kwargs)
+    paths, count = tfrecords.write_tfrecords(examples, tmp_path / "out.tfrecord", num_shards)
+    assert count == len(original) and len(paths) == num_shards
+    read = _elements(data.load_split(str(tmp_path / "out-*.tfrecord"), split))
+    _assert_same(original, read)
+    names = [[os.path.basename(e["filename"]) for e in elements] for elements in (original, read)]
+    assert names[0] == names[1]
+    return read
+
+
+def test_folder_reads_pairs_in_stem_order(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng)
+    elements = _elements(data.load_split(str(root), "train"))
+    assert [os.path.basename(e["filename"]) for e in elements] == [
+        b"img0.png",
+        b"img1.png",
+        b"img2.png",
+    ]
+    expected = np.asarray(Image.open(root / "labels/train/img1.png"))
+    np.testing.assert_array_equal(elements[1]["label"][..., 0], expected)
+    assert elements[0]["image"].shape == (12, 16, 3) and elements[0]["label"].dtype == np.uint8
+
+
+def test_folder_to_tfrecord_round_trip_is_identical(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng, count=5)
+    _round_trip(str(root), "train", tmp_path)
+
+
+def test_grayscale_round_trip_and_list_file(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng, gray=True)
+    list_file = tmp_path / "train.txt"
+    list_file.write_text(
+        "".join(f"ds/images/train/img{i}.png ds/labels/train/img{i}.png\n" for i in range(3))
+    )
+    from_list = _elements(data.load_split(str(tmp_path / "{split}.txt"), "train"))
+    _assert_same(_elements(data.load_split(str(root), "train")), from_list)
+    assert from_list[0]["image"].shape == (12, 16, 1)
+    read = _round_trip(str(list_file), "train", tmp_path, num_shards=1)
+    assert read[0]["image"].shape == (12, 16, 1)
+
+
+def test_synthetic_to_tfrecord_round_trip(tmp_path):
+    _round_trip("synthetic_shapes", "val", tmp_path, num_images=3, image_size=32)
+
+
+def test_shared_data_round_trip(tmp_path):
+    # a few real CamVid (RGB) and ISBI (grayscale) pairs, through a list file
+    lines = []
+    for name, split in (("camvid", "val"), ("isbi2012_membrane", "train")):
+        root = shared_dataset(name)
+        for stem in sorted(os.listdir(root / "images" / split))[:2]:
+            lines.append(f"{root / 'images' / split / stem} {root / 'labels' / split / stem}\n")
+    list_file = tmp_path / "real.txt"
+    list_file.write_text("".join(lines))
+    read = _round_trip(str(list_file), "any", tmp_path)
+    assert read[0]["image"].shape == (360, 480, 3) and read[2]["image"].shape == (512, 512, 1)
+    camvid = _elements(data.load_split("camvid", "val", data_dir=shared_dataset("camvid")).take(1))
+    _assert_same(camvid, read[:1])
+
+
+def test_resize_long_side(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng, size=(20, 40))
+    examples = tfrecords.examples_from_source(str(root), "train", resize_long_side=10)
+    tfrecords.write_tfrecords(examples, tmp_path / "small.tfrecord")
+    element = _elements(data.load_split(str(tmp_path / "small-*.tfrecord"), "train"))[0]
+    assert element["image"].shape == (5, 10, 3) and element["label"].shape == (5, 10, 1)
+    assert set(np.unique(element["label"])) <= {0, 1, 2, 3, 255}
+
+
+def test_failed_write_leaves_no_shard(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng, count=4)
+    (root / "images/train/img2.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    examples = tfrecords.examples_from_source(str(root), "train")
+    with pytest.raises(ValueError, match="img2.png"):
+        tfrecords.write_tfrecords(examples, out / "train.tfrecord", num_shards=2)
+    assert os.listdir(out) == []
+
+
+def test_registry_metadata():
+    assert len(data.get_dataset_info("pascal_voc").class_names) == 21
+    assert len(registry.ADE20K_CLASSES) == 150 and len(registry.PASCAL_CONTEXT_CLASSES) == 59
+    cityscapes = data.get_dataset_info("cityscapes")
+    assert cityscapes.num_classes == 19
+    table = cityscapes.label_map
+    assert table[7] == 0 and table[8] == 1 and table[26] == 13 and table[33] == 18
+    assert table[0] == 255 and table[6] == 255 and table[34] == 255
+    ade = data.get_dataset_info("ade20k")
+    assert ade.num_classes == 150 and ade.label_map[0] == 255 and ade.label_map[150] == 149
+    assert data.get_dataset_info("pascal_context").num_classes == 59
+    assert data.get_dataset_info("pascal_context_60").class_names[0] == "background"
+    assert data.get_dataset_info("isbi2012_membrane").num_classes == 2
+    for name in data.list_datasets():
+        info = data.get_dataset_info(name)
+        assert info.palette.shape == (info.num_classes, 3) and info.ignore_label == 255
+
+
+def test_camvid_names_match_shared_classes_file():
+    names = (shared_dataset("camvid") / "classes.txt").read_text().split()
+    assert list(data.get_dataset_info("camvid").class_names) == names
+
+
+def test_user_folder_info(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng, num_classes=5)
+    assert data.get_dataset_info(str(root)).num_classes == 5
+    (root / "classes.txt").unlink()
+    with pytest.raises(ValueError, match="num_classes"):
+        data.get_dataset_info(str(root))
+    assert data.get_dataset_info(str(root), num_classes=3).class_names == (
+        "class_0",
+        "class_1",
+        "class_2",
+    )
+
+
+def test_registered_folder_applies_label_map(tmp_path, rng):
+    root = tmp_path / "city"
+    _save(root / "images/val/a.png", rng.integers(0, 256, (4, 4, 3), np.uint8))
+    _save(root / "labels/val/a.png", np.array([[7, 8, 0, 33]] * 4, np.uint8))
+    element = _elements(data.load_split("cityscapes", "val", data_dir=root))[0]
+    np.testing.assert_array_equal(element["label"][0, :, 0], [0, 1, 255, 18])
+    raw = _elements(data.load_split("cityscapes", "val", data_dir=root, apply_label_map=False))
+    np.testing.assert_array_equal(raw[0]["label"][0, :, 0], [7, 8, 0, 33])
+
+
+# ----------------------------------------------------------------------------------------
+# Bad data: each case fails with an error naming the file or record.
+
+
+def _read_all(source, split="train", **kwargs):
+    for _ in data.load_split(source, split, **kwargs):
+        pass
+
+
+def _png_bytes(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_corrupt_image_names_file(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng)
+    (root / "images/train/img1.png").write_bytes(b"not an image at all")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)Corrupt image.*img1.png"):
+        _read_all(str(root))
+
+
+def test_truncated_image_names_file(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng)
+    path = root / "images/train/img2.png"
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)Truncated image.*img2.png"):
+        _read_all(str(root))
+    jpeg = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), np.uint8)).save(jpeg, format="JPEG")
+    path.unlink()
+    (root / "images/train/img2.jpg").write_bytes(jpeg.getvalue()[:-100])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)Truncated image.*img2.jpg"):
+        _read_all(str(root))
+
+
+def test_label_size_mismatch_names_file(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng)
+    _save(root / "labels/train/img0.png", np.zeros((12, 15), np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)Label size differs.*img0.png"):
+        _read_all(str(root))
+    with pytest.raises(ValueError, match=r"Label size differs.*img0.png"):
+        list(tfrecords.examples_from_source(str(root), "train"))
+
+
+def test_label_out_of_range_names_file(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng, num_classes=4)
+    _save(root / "labels/train/img1.png", np.full((12, 16), 7, np.uint8))
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"(?s)out of range.*img1.png.*bad value.*7"
+    ):
+        _read_all(str(root))
+    with pytest.raises(ValueError, match=r"out of range in .*img1.png.*\[7\]"):
+        list(tfrecords.examples_from_source(str(root), "train"))
+    _read_all(str(root), num_classes=8)  # fine once 7 is a class
+
+
+@pytest.mark.parametrize("which", ["image", "label"])
+def test_unexpected_channel_count_names_file(tmp_path, rng, which):
+    root = make_folder(tmp_path / "ds", rng)
+    if which == "image":  # RGBA
+        _save(root / "images/train/img1.png", rng.integers(0, 256, (12, 16, 4), np.uint8))
+    else:  # a colour label instead of class ids
+        _save(root / "labels/train/img1.png", rng.integers(0, 4, (12, 16, 3), np.uint8))
+    pattern = rf"(?s)Unexpected channel count in {which}.*img1.png"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        _read_all(str(root))
+    with pytest.raises(ValueError, match=rf"Unexpected channel count in {which}.*img1.png"):
+        list(tfrecords.examples_from_source(str(root), "train"))
+
+
+def test_unpaired_files_are_listed(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng)
+    (root / "labels/train/img0.png").unlink()
+    _save(root / "labels/train/extra.png", np.zeros((12, 16), np.uint8))
+    with pytest.raises(ValueError, match=r"without a label.*img0.png.*without an image.*extra.png"):
+        data.load_split(str(root), "train")
+
+
+def test_empty_split_and_missing_files(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng)
+    for folder in ("images", "labels"):
+        (root / folder / "val").mkdir()
+    with pytest.raises(ValueError, match=r"split 'val' is empty"):
+        data.load_split(str(root), "val")
+    with pytest.raises(ValueError, match=r"No TFRecord files match .*nothing-\*.tfrecord"):
+        data.load_split(str(tmp_path / "nothing-*.tfrecord"), "train")
+    (tmp_path / "empty.txt").write_text("# no pairs\n")
+    with pytest.raises(ValueError, match="lists no image/label pairs"):
+        data.load_split(str(tmp_path / "empty.txt"), "train")
+    (tmp_path / "bad.txt").write_text("ds/images/train/img0.png ds/labels/train/gone.png\n")
+    with pytest.raises(ValueError, match=r"line 1: missing .*gone.png"):
+        data.load_split(str(tmp_path / "bad.txt"), "train")
+    with pytest.raises(ValueError, match="split 'test' needs the folder"):
+        data.load_split(str(root), "test")
+    with pytest.raises(ValueError, match="empty split"):
+        tfrecords.write_tfrecords(iter([]), tmp_path / "none.tfrecord")
+    assert not list(tmp_path.glob("none*"))
+
+
+@pytest.mark.parametrize("missing", tfrecords.REQUIRED_KEYS)
+def test_tfrecord_without_required_key_names_record(tmp_path, rng, missing):
+    image = rng.integers(0, 256, (6, 5, 3), np.uint8)
+    good = tfrecords.example_from_arrays(image, np.zeros((6, 5), np.uint8), "good.png")
+    bad = tfrecords.example_from_arrays(image, np.zeros((6, 5), np.uint8), "bad.png")
+    del bad.features.feature[missing]
+    paths, _ = tfrecords.write_tfrecords([good, bad], tmp_path / "x.tfrecord")
+    pattern = (
+        rf"(?s)lacks the required key {missing}.*x-00000-of-00001.tfrecord record 1 \(bad.png\)"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        _read_all(paths[0])
