@@ -1,1 +1,156 @@
-"""DUpsampling model (to be implemented)."""
+"""DUpsampling decoder model (`dunet`).
+
+Tian, He, Shen, Yan, "Decoders Matter for Semantic Segmentation: Data-Dependent Decoding
+Enables Flexible Feature Aggregation", CVPR 2019, Fig. 2: the chosen low-level features are
+**downsampled** (bilinear) to the resolution of the last backbone features and concatenated
+with them (flexible aggregation, eq. 8), a few 3x3 convolutions follow, a 1x1 convolution
+predicts the C~-dimensional code, and `DUpsampling` (fixed W, Sec. 3.1) brings it to full
+resolution. The `"logits"` output is z / T with the learnable temperature of eq. 6
+(`AdaptiveTemperatureSoftmax`), so softmax cross-entropy on the logits is the paper's loss.
+
+Defaults: ResNet-50 at output stride 16 and fused features conv1_3 ("P1") + block3 ("P4",
+b3u6c3), Table 2's best (Table 2's "N/A" row equals Table 1's OS16 DUpsampling result).
+Pass `backbone_options={"deep_stem": True}` for the paper's ResNet-50 (conv1_3 is then the
+third stem conv; with the 7x7 stem "P1" is conv1). C~ = 64 for ResNet, 128 for Xception.
+
+Input sizes: DUpsampling gives r * ceil(H / r) rows; the model crops bottom/right to the
+input size, which is the paper's padding of H and W to multiples of r (Sec. 3.1). So any
+input size works and the output stride need not divide it.
+
+W, P and the mean come from `fit_dupsampling` (`keras_fusionseg.layers.dupsampling_pca`);
+the builder takes the `DUpsamplingBasis`, its `.npz` file, or a `(W, mean)` pair. Without
+one, W is random orthonormal and the mean 1/num_classes (see `DUpsampling`): the model
+builds and trains, but the decoder is then not data-dependent. W is a weight of the model,
+so it is saved in `.keras` files.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+from keras_fusionseg.layers.common import ConvBNReLU, ResizeToReference
+from keras_fusionseg.layers.dupsampling import AdaptiveTemperatureSoftmax, DUpsampling
+from keras_fusionseg.layers.dupsampling_pca import DUpsamplingBasis, load_dupsampling_basis
+from keras_fusionseg.models.registry import finalize_outputs, register_model
+
+TINY = {
+    "backbone": "resnet50",
+    "backbone_options": {"depths": (1, 1, 1, 1), "stage_widths": (8, 16, 32, 64), "stem_width": 16},
+    "decoder_channels": 16,
+    "code_channels": 16,
+}
+
+
+def _output_stride(backbone):
+    output_stride = getattr(backbone, "output_stride", None)
+    if output_stride is None:
+        raise ValueError(
+            "`dunet` needs a backbone with an `output_stride` attribute (the DUpsampling ratio)."
+        )
+    return int(output_stride)
+
+
+def _basis(dupsampling_basis):
+    """(W, mean) arrays or (None, None) from a basis, an .npz path or a (W, mean) pair."""
+    if dupsampling_basis is None:
+        return None, None, None
+    if isinstance(dupsampling_basis, str | os.PathLike):
+        dupsampling_basis = load_dupsampling_basis(dupsampling_basis)
+    if isinstance(dupsampling_basis, DUpsamplingBasis):
+        return dupsampling_basis.reconstruction, dupsampling_basis.mean, dupsampling_basis.ratio
+    if isinstance(dupsampling_basis, list | tuple) and len(dupsampling_basis) == 2:
+        w, mean = (np.asarray(a, np.float32) for a in dupsampling_basis)
+        return w, mean, None
+    raise ValueError(
+        "`dupsampling_basis` must be None, a DUpsamplingBasis, a path to its .npz file or a "
+        f"(W, mean) pair of arrays, received {type(dupsampling_basis).__name__}."
+    )
+
+
+@register_model("dunet", default_backbone="resnet50", default_output_stride=16, tiny=TINY)
+def dunet(
+    backbone,
+    *,
+    num_classes,
+    aux_outputs=False,
+    fused_features=("P1", "P4"),
+    decoder_convs=2,
+    decoder_channels=256,
+    code_channels=None,
+    dupsampling_basis=None,
+    trainable_reconstruction=False,
+):
+    """DUpsampling decoder with flexible feature aggregation (Tian et al., CVPR 2019, Fig. 2).
+
+    Args:
+        backbone: functional `keras.Model` with `pyramid_outputs` ("P5" plus the fused
+            keys) and `output_stride` (16 or 32 in the paper; the DUpsampling ratio r).
+        num_classes: int.
+        aux_outputs: bool, return `{"logits": ...}` (the paper has no auxiliary loss).
+        fused_features: tuple of pyramid keys downsampled and concatenated with "P5"
+            (eq. 8); () for none. Default ("P1", "P4") = conv1_3 + b3u6c3 (Table 2 best).
+        decoder_convs: int >= 0, 3x3 conv-BN-ReLU layers after the concatenation.
+        decoder_channels: int, their width.
+        code_channels: int C~ or None (64, or 128 on an Xception backbone; taken from the
+            basis when one is given).
+        dupsampling_basis: None, a `DUpsamplingBasis`, a path to its `.npz` file, or a
+            (W (N, C~), mean (N,)) pair; N must be r * r * num_classes.
+        trainable_reconstruction: bool, fine-tune W and the mean (the paper keeps them fixed).
+    """
+    ratio = _output_stride(backbone)
+    w, mean, basis_ratio = _basis(dupsampling_basis)
+    if basis_ratio is not None and basis_ratio != ratio:
+        raise ValueError(
+            f"`dupsampling_basis` was fitted with ratio {basis_ratio}, but the backbone's output "
+            f"stride is {ratio}; fit it with ratio={ratio} or change `output_stride`."
+        )
+    if w is not None:
+        n = ratio * ratio * num_classes
+        if w.ndim != 2 or w.shape[0] != n:
+            raise ValueError(
+                f"`dupsampling_basis` W must have {n} = {ratio}*{ratio}*{num_classes} rows "
+                f"(ratio * ratio * num_classes), received shape {w.shape}."
+            )
+        if code_channels is not None and code_channels != w.shape[1]:
+            raise ValueError(
+                f"`code_channels`={code_channels} disagrees with the basis's C~ = {w.shape[1]}."
+            )
+        code_channels = int(w.shape[1])
+    if code_channels is None:
+        code_channels = 128 if backbone.name.startswith("xception") else 64
+    if not isinstance(decoder_convs, int) or isinstance(decoder_convs, bool) or decoder_convs < 0:
+        raise ValueError(f"`decoder_convs` must be an integer >= 0, received {decoder_convs!r}.")
+    fused_features = tuple(fused_features)
+    pyramid = backbone.pyramid_outputs
+    for key in (*fused_features, "P5"):
+        if key not in pyramid:
+            raise ValueError(
+                f"`fused_features` key {key!r} is not in the backbone's `pyramid_outputs` "
+                f"({sorted(pyramid)})."
+            )
+
+    # Layers and functional graph.
+    image = backbone.inputs[0]
+    last = pyramid["P5"]
+    parts = [last]
+    for key in fused_features:
+        parts.append(ResizeToReference(name=f"downsample_{key}")([pyramid[key], last]))
+    x = keras.layers.Concatenate(name="aggregate")(parts) if len(parts) > 1 else last
+    for i in range(decoder_convs):
+        x = ConvBNReLU(decoder_channels, 3, name=f"decoder_conv{i + 1}")(x)
+    code = keras.layers.Conv2D(code_channels, 1, name="code_conv")(x)
+    scores = DUpsampling(
+        ratio,
+        num_classes,
+        code_channels,
+        reconstruction=w,
+        mean=mean,
+        trainable_reconstruction=trainable_reconstruction,
+        name="dupsampling",
+    )([code, image])
+    logits = AdaptiveTemperatureSoftmax(name="temperature")(scores)
+    outputs, loss_spec = finalize_outputs(logits, aux_outputs=aux_outputs)
+    model = keras.Model(image, outputs, name="dunet")
+    model.loss_spec = loss_spec
+    return model

@@ -1,0 +1,92 @@
+"""The `dunet` model: fitted W inside, any input size, `.keras` round trip, training with T."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_fusionseg import models
+from keras_fusionseg.layers.dupsampling_pca import fit_dupsampling
+from keras_fusionseg.training.losses import losses_from_loss_spec
+
+NUM_CLASSES = 3
+
+
+def tiny(**overrides):
+    return {**models.get_model_spec("dunet").tiny, **overrides}
+
+
+def random_labels(rng, count, size=(64, 64)):
+    labels = np.zeros((count, *size, 1), np.uint8)
+    for label in labels:
+        y, x = rng.integers(0, size[0] - 16, 2)
+        label[y : y + 24, x : x + 30] = rng.integers(1, NUM_CLASSES)
+    return labels
+
+
+@pytest.fixture(scope="module")
+def basis():
+    # tiny dunet runs at the registry default output stride 16 -> ratio 16, N = 768
+    labels = random_labels(np.random.default_rng(1), 4)
+    return fit_dupsampling(list(labels), NUM_CLASSES, 16, 16)
+
+
+def test_dunet_carries_the_fitted_basis_and_roundtrips(basis, rng, tmp_path):
+    path = tmp_path / "basis.npz"
+    basis.save(path)
+    model = models.build("dunet", num_classes=NUM_CLASSES, **tiny(dupsampling_basis=str(path)))
+    layer = model.get_layer("dupsampling")
+    np.testing.assert_array_equal(layer.reconstruction.numpy(), basis.reconstruction)
+    np.testing.assert_array_equal(layer.mean.numpy(), basis.mean)
+    assert layer.ratio == 16 and layer.code_channels == 16
+    assert not any("dupsampling" in w.path for w in model.trainable_weights)
+    x = rng.uniform(0, 255, size=(1, 70, 50, 3)).astype("float32")  # not a multiple of 16
+    y = model.predict(x, verbose=0)
+    assert y.shape == (1, 70, 50, NUM_CLASSES)
+    model.save(tmp_path / "dunet.keras")
+    clone = keras.models.load_model(tmp_path / "dunet.keras")
+    np.testing.assert_array_equal(
+        clone.get_layer("dupsampling").reconstruction.numpy(), basis.reconstruction
+    )
+    np.testing.assert_allclose(clone.predict(x, verbose=0), y, atol=1e-5)
+
+
+def test_dunet_logits_are_dupsampled_code_over_temperature(basis, rng):
+    model = models.build("dunet", num_classes=NUM_CLASSES, **tiny(dupsampling_basis=basis))
+    model.get_layer("temperature").temperature.assign(0.5)
+    x = rng.uniform(0, 255, size=(1, 64, 64, 3)).astype("float32")
+    code = keras.Model(model.inputs, model.get_layer("code_conv").output).predict(x, verbose=0)
+    patches = code @ basis.reconstruction.T + basis.mean  # (1, 4, 4, 16*16*3)
+    expected = patches.reshape(1, 4, 4, 16, 16, 3).transpose(0, 1, 3, 2, 4, 5)
+    expected = expected.reshape(1, 64, 64, 3) / 0.5
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_dunet_trains_with_temperature(basis, rng):
+    model = models.build("dunet", num_classes=NUM_CLASSES, **tiny(dupsampling_basis=basis))
+    loss, weights = losses_from_loss_spec(model.loss_spec, num_classes=NUM_CLASSES)
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), loss=loss, loss_weights=weights)
+    x = rng.uniform(0, 255, size=(2, 64, 64, 3)).astype("float32")
+    y = random_labels(rng, 2)
+    history = model.fit(x, y, batch_size=2, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert float(model.get_layer("temperature").temperature.numpy()) != 1.0
+    w = model.get_layer("dupsampling").reconstruction.numpy()
+    np.testing.assert_array_equal(w, basis.reconstruction)  # W stays fixed
+
+
+def test_dunet_options_and_errors(basis, rng):
+    model = models.build(
+        "dunet", num_classes=NUM_CLASSES, **tiny(fused_features=(), decoder_convs=0)
+    )
+    assert model.get_layer("dupsampling").code_channels == 16
+    assert model.output_shape == (None, None, None, NUM_CLASSES)
+    with pytest.raises(ValueError, match="fitted with ratio 16"):
+        models.build(
+            "dunet", num_classes=NUM_CLASSES, output_stride=32, **tiny(dupsampling_basis=basis)
+        )
+    with pytest.raises(ValueError, match="rows"):
+        models.build("dunet", num_classes=4, **tiny(dupsampling_basis=basis))
+    with pytest.raises(ValueError, match="'P7'"):
+        models.build("dunet", num_classes=NUM_CLASSES, **tiny(fused_features=("P7",)))
+    with pytest.raises(ValueError, match="dupsampling_basis"):
+        models.build("dunet", num_classes=NUM_CLASSES, **tiny(dupsampling_basis=3))
