@@ -1,5 +1,6 @@
 """Backbones: pyramid shapes and strides at every output stride, dilation, counts, errors."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -160,3 +161,22 @@ def test_mobilenetv2_full_count():
 def test_backbone_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_backbone(kwargs.pop("name"), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("resnet50", TINY_RESNET),
+        ("mobilenetv2", dict(alpha=0.35)),
+        ("xception65", dict(width_multiplier=0.05, middle_flow_units=1)),
+    ],
+)
+def test_backbone_keras_round_trip(name, options, tmp_path, rng):
+    model = build_backbone(name, output_stride=8, **options)
+    path = tmp_path / "backbone.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    image = rng.uniform(0, 255, size=(1, 48, 40, 3)).astype("float32")
+    expected, got = model(image), restored(image)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-5)
