@@ -10,7 +10,6 @@ the table reports the median images/s.
         --models=deeplabv3plus:mobilenetv2:16,deeplabv3plus:resnet50:16 --input_size=512
 """
 
-import ast
 import os
 import platform
 import statistics
@@ -33,71 +32,6 @@ flags.DEFINE_integer("runs", 10, "Timed runs (batches of 1) per model.")
 flags.DEFINE_bool("count_macs", True, "Count multiply-adds (slow for big models).")
 
 
-def split_top_level(text, separator):
-    """Splits on `separator` outside brackets."""
-    items, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "([{"
-        depth -= char in ")]}"
-        if char == separator and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    items.append(current)
-    return [item.strip() for item in items if item.strip()]
-
-
-def parse_spec(spec):
-    """'name:backbone:os:k=v' -> dict of `models.build` arguments (plus a label)."""
-    parts = split_top_level(spec, ":")
-    if not parts:
-        raise ValueError(f"--models: empty model spec in {FLAGS.models!r}.")
-    kwargs = {"name": parts[0], "backbone": None, "output_stride": None, "backbone_options": {}}
-    positional, options = [], {}
-    for part in parts[1:]:
-        key, sep, value = part.partition("=")
-        if not sep:
-            if options:
-                raise ValueError(f"--models: {spec!r} has {part!r} after key=value options.")
-            positional.append(part)
-            continue
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass
-        if key.startswith("backbone."):
-            kwargs["backbone_options"][key[len("backbone.") :]] = value
-        else:
-            options[key] = value
-    if len(positional) > 2:
-        raise ValueError(f"--models: {spec!r} has too many positional parts {positional}.")
-    if positional:
-        kwargs["backbone"] = positional[0] or None
-    if len(positional) == 2:
-        try:
-            kwargs["output_stride"] = int(positional[1])
-        except ValueError as error:
-            raise ValueError(f"--models: output stride in {spec!r} must be an int.") from error
-    kwargs["options"] = options
-    return kwargs
-
-
-def parse_input_size(text):
-    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
-    try:
-        size = tuple(int(p) for p in parts)
-    except ValueError:
-        size = ()
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(
-            f"--input_size must be 'S' or 'H,W' with positive ints, received {text!r}."
-        )
-    return size
-
-
 def describe(kwargs, spec):
     options = {
         **{f"backbone.{k}": v for k, v in kwargs["backbone_options"].items()},
@@ -113,9 +47,14 @@ def main(argv):
 
     from keras_fusionseg import models
     from keras_fusionseg.utils import count_macs, count_parameters
+    from keras_fusionseg.utils.cli_options import (
+        parse_input_size,
+        parse_model_spec,
+        split_top_level,
+    )
 
     height, width = parse_input_size(FLAGS.input_size)
-    specs = [parse_spec(s) for s in split_top_level(FLAGS.models, ",")]
+    specs = [parse_model_spec(s) for s in split_top_level(FLAGS.models, ",")]
     entries = []
     for kwargs in specs:
         spec = models.get_model_spec(kwargs["name"])

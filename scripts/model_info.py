@@ -10,7 +10,6 @@ Model and backbone options are `key=value` pairs with Python literal values:
         --options="separable=True,aspp_rates=(6, 12, 18)" --backbone_options="multi_grid=(1, 2, 4)"
 """
 
-import ast
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,54 +31,11 @@ flags.DEFINE_bool(
 )
 
 
-def split_top_level(text, separator=","):
-    """Splits on `separator` outside brackets, so "a=(1, 2),b=3" gives two items."""
-    items, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "([{"
-        depth -= char in ")]}"
-        if char == separator and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    items.append(current)
-    return [item.strip() for item in items if item.strip()]
-
-
-def parse_options(text, flag_name="options"):
-    """Parses 'k=v,k2=v2' (values are Python literals, else strings) into a dict."""
-    options = {}
-    for item in split_top_level(text):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--{flag_name}: expected key=value, received {item!r}.")
-        try:
-            options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[key.strip()] = value.strip()
-    return options
-
-
-def parse_input_size(text):
-    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
-    try:
-        size = tuple(int(p) for p in parts)
-    except ValueError:
-        size = ()
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(
-            f"--input_size must be 'S' or 'H,W' with positive ints, received {text!r}."
-        )
-    return size
-
-
 def main(argv):
     del argv
     from keras_fusionseg import models
     from keras_fusionseg.utils import count_parameters, macs_by_op_type
+    from keras_fusionseg.utils.cli_options import parse_input_size, parse_key_values
 
     height, width = parse_input_size(FLAGS.input_size)
     model = models.build(
@@ -88,8 +44,8 @@ def main(argv):
         input_shape=(height, width, 3),
         backbone=FLAGS.backbone,
         output_stride=FLAGS.output_stride,
-        backbone_options=parse_options(FLAGS.backbone_options, "backbone_options"),
-        **parse_options(FLAGS.options),
+        backbone_options=parse_key_values(FLAGS.backbone_options, "--backbone_options"),
+        **parse_key_values(FLAGS.options, "--options"),
     )
     params = count_parameters(model)
     macs = macs_by_op_type(

@@ -1,9 +1,19 @@
-"""Parameter and multiply-add counting against hand counts."""
+"""Parameter and multiply-add counting against hand counts; the counting scripts."""
+
+import pathlib
+import subprocess
+import sys
 
 import keras
 import pytest
 
 from keras_fusionseg.utils import count_macs, count_parameters, macs_by_op_type
+from keras_fusionseg.utils.cli_options import (
+    parse_input_size,
+    parse_key_values,
+    parse_model_spec,
+    split_top_level,
+)
 
 
 def tiny_conv_net(input_shape=(None, None, 3)):
@@ -65,3 +75,81 @@ def test_count_macs_bad_input_size(size):
 def test_count_macs_fixed_input_size_mismatch():
     with pytest.raises(ValueError, match="fixed input height"):
         count_macs(tiny_conv_net((16, 16, 3)), (32, 16))
+
+
+# ---------------------------------------------------------------- script options and scripts
+
+
+def test_parse_key_values_and_sizes():
+    assert parse_key_values("a=(1, 2),b=True,c=resnet50, d = 0.5") == {
+        "a": (1, 2),
+        "b": True,
+        "c": "resnet50",
+        "d": 0.5,
+    }
+    assert parse_key_values("") == {}
+    assert parse_input_size("513") == (513, 513)
+    assert parse_input_size("512,1024") == parse_input_size("512x1024") == (512, 1024)
+    with pytest.raises(ValueError, match="--options"):
+        parse_key_values("oops", "--options")
+    with pytest.raises(ValueError, match="input size"):
+        parse_input_size("0")
+
+
+def test_parse_model_spec():
+    spec = parse_model_spec("deeplabv3plus:mobilenetv2:8:backbone.alpha=0.35:aspp_rates=(1, 2)")
+    assert spec == {
+        "name": "deeplabv3plus",
+        "backbone": "mobilenetv2",
+        "output_stride": 8,
+        "backbone_options": {"alpha": 0.35},
+        "options": {"aspp_rates": (1, 2)},
+    }
+    assert parse_model_spec("deeplabv3")["backbone"] is None
+    assert split_top_level("a:b:x=(1,2),c:d", ",") == ["a:b:x=(1,2)", "c:d"]
+    with pytest.raises(ValueError, match="output stride"):
+        parse_model_spec("deeplabv3:resnet50:sixteen")
+
+
+def run_script(name, *flags):
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "scripts" / name), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+TINY_SPEC = "deeplabv3plus:mobilenetv2:16:backbone.alpha=0.35:aspp_filters=8:decoder_filters=8"
+
+
+@pytest.mark.slow
+def test_benchmark_script_prints_a_table():
+    table = run_script(
+        "benchmark_models.py",
+        f"--models={TINY_SPEC}:low_level_filters=4",
+        "--input_size=32",
+        "--warmup=1",
+        "--runs=1",
+        "--num_classes=3",
+    )
+    rows = [line for line in table.splitlines() if line.startswith("| deeplabv3plus")]
+    assert len(rows) == 1 and "| mobilenetv2 | 16 |" in rows[0], table
+
+
+@pytest.mark.slow
+def test_model_info_script_prints_counts():
+    info = run_script(
+        "model_info.py",
+        "--model=deeplabv3",
+        "--backbone=mobilenetv2",
+        "--backbone_options=alpha=0.35",
+        "--options=aspp_filters=8",
+        "--input_size=32",
+        "--num_classes=3",
+    )
+    assert "parameters:" in info and "MACs total:" in info, info
