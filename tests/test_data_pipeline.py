@@ -1,11 +1,12 @@
 """Built-in dataset and the training/evaluation pipelines: shapes, determinism, alignment."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_fusionseg import data
-from keras_fusionseg.data import synthetic
+from keras_fusionseg.data import pipeline, synthetic
 
 
 def _dict_dataset(images, labels):
@@ -186,3 +187,51 @@ def test_training_pipeline_rejects_bad_arguments(kwargs, match):
     arguments = {"crop_size": 16, "batch_size": 1, **kwargs}
     with pytest.raises(ValueError, match=match):
         data.training_pipeline(ds, **arguments)
+
+
+@pytest.mark.parametrize("factor, flip", [(0.5, False), (1.75, True), (1.0, False)])
+def test_scale_crop_flip_matches_numpy_reference(rng, factor, flip):
+    # NumPy reference: scale by `factor` with align-corners sampling, pad bottom/right with
+    # the fill value, crop at the box's offset, mirror when the box is flipped.
+    height, width, crop = 9, 13, (8, 10)
+    label = rng.integers(0, 6, (height, width, 1), np.uint8)
+    seeds = tf.constant([[1, 2], [3, 4]], tf.int64)
+    for flip_seed in range(4):  # several seeds: some boxes flipped, some not
+        seed = tf.stack([seeds[0], tf.constant([flip_seed, 0], tf.int64)])
+        box = pipeline.scale_crop_flip_box([height, width], crop, factor, seed, flip)
+        got = pipeline.sample_box(label, box, crop, "nearest", 255).numpy()[..., 0]
+        scaled = np.maximum(np.round(np.array([height, width]) * factor), 1)
+        box = box.numpy()
+        mirrored = box[1] > box[3]
+        offset = np.round(box[:2] * np.maximum(scaled - 1, 1)).astype(int)
+        if mirrored:
+            offset[1] = round(box[3] * max(scaled[1] - 1, 1))
+        expected = np.full(crop, 255, np.int64)
+        for i in range(crop[0]):
+            for j in range(crop[1]):
+                y, x = offset[0] + i, offset[1] + j
+                if y < scaled[0] and x < scaled[1]:
+                    sy = y * (height - 1) / max(scaled[0] - 1, 1)
+                    sx = x * (width - 1) / max(scaled[1] - 1, 1)
+                    expected[i, j] = label[int(np.floor(sy + 0.5)), int(np.floor(sx + 0.5)), 0]
+        if mirrored:
+            expected = expected[:, ::-1]
+        np.testing.assert_array_equal(got, expected)
+        assert mirrored <= flip
+
+
+def test_keras_augmentation_layer_caveats():
+    # Why the pipeline samples with tf.image instead of Keras augmentation layers: masks
+    # come back as floats, and RandomCrop cannot take images of unknown size in tf.data.
+    batch = {
+        "images": np.zeros((1, 8, 8, 3), np.float32),
+        "segmentation_masks": np.ones((1, 8, 8, 1), np.uint8),
+    }
+    out = keras.layers.RandomFlip("horizontal", seed=1)(batch)
+    assert keras.backend.standardize_dtype(out["segmentation_masks"].dtype) == "float32"
+    images = tf.data.Dataset.from_generator(
+        lambda: iter([np.zeros((8, 8, 3), np.float32)]),
+        output_signature=tf.TensorSpec([None, None, 3], tf.float32),
+    )
+    with pytest.raises(Exception, match="symbolic"):
+        images.map(keras.layers.RandomCrop(4, 4))

@@ -5,10 +5,11 @@ normalise pixels themselves (their first layer), so pipelines hand over raw pixe
 
 Training augmentation follows the DeepLab recipe: random scale (from a range in steps),
 pad to the crop size (image with `image_pad_value`, label with the ignore label), random
-crop, horizontal flip, photometric jitter. The geometric ops act on the image and label
-stacked into one tensor, so both move together pixel for pixel; labels are resized with
-nearest neighbour and stay exact integers. Randomness is stateless and keyed per element,
-so with a `seed` and `deterministic=True` two runs give identical batches.
+crop, horizontal flip, photometric jitter. Scale, pad, crop and flip are one sampling box
+(`tf.image.crop_and_resize`) applied to the image (bilinear) and the label (nearest), so
+both move together pixel for pixel, labels stay exact integers, and only the crop is
+computed. Randomness is stateless and keyed per element, so with a `seed` and
+`deterministic=True` two runs give identical batches.
 """
 
 import random
@@ -104,46 +105,47 @@ def to_channels(image, channels):
     return tf.ensure_shape(gray, [None, None, 1])
 
 
-def random_scale(image, label, seed, scales, scale_range):
-    """Resizes image (bilinear) and label (nearest) by one random factor."""
+def random_scale_factor(seed, scales, scale_range):
+    """One scale factor: uniform over `scales`, or over `scale_range` when `scales` is None."""
     if scales is None:
-        factor = tf.random.stateless_uniform([], seed, scale_range[0], scale_range[1])
-    elif len(scales) == 1 and scales[0] == 1.0:
-        return image, label
-    else:
-        index = tf.random.stateless_uniform([], seed, 0, len(scales), dtype=tf.int32)
-        factor = tf.gather(tf.constant(scales, tf.float32), index)
-    size = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) * factor), tf.int32)
-    size = tf.maximum(size, 1)
-    image = tf.image.resize(image, size, method="bilinear")
-    label = tf.image.resize(label, size, method="nearest")
-    return image, label
+        return tf.random.stateless_uniform([], seed, scale_range[0], scale_range[1])
+    index = tf.random.stateless_uniform([], seed, 0, len(scales), dtype=tf.int32)
+    return tf.gather(tf.constant(scales, tf.float32), index)
 
 
-def pad_and_random_crop(stacked, crop_hw, seed, image_pad_value, ignore_label):
-    """Pads `stacked` (image channels + label channel) to at least `crop_hw`, then crops.
+def scale_crop_flip_box(image_hw, crop_hw, factor, seed, flip):
+    """The normalised `crop_and_resize` box of a random crop of the image scaled by `factor`.
 
-    Image channels are padded with `image_pad_value`, the label channel with the ignore label.
+    The image scaled by `factor` (align-corners sampling) is cropped at a random offset,
+    padding at the bottom/right where it is smaller than the crop, and mirrored when `flip`.
+    Output row i samples input row (offset + i) * (H - 1) / (scaled H - 1); rows past the
+    scaled image land beyond the input and take the padding value.
     """
-    height, width = tf.shape(stacked)[0], tf.shape(stacked)[1]
-    pad_h = tf.maximum(crop_hw[0] - height, 0)
-    pad_w = tf.maximum(crop_hw[1] - width, 0)
-    channels = tf.shape(stacked)[2]
-    fill = tf.concat(
-        [tf.fill([channels - 1], float(image_pad_value)), [float(ignore_label)]], axis=0
-    )
-    # pad the difference to the fill value so a single constant pad serves all channels
-    stacked = tf.pad(stacked - fill, [[0, pad_h], [0, pad_w], [0, 0]]) + fill
-    max_offset = tf.shape(stacked)[:2] - tf.constant(crop_hw)
-    offset = tf.random.stateless_uniform([2], seed, 0, tf.int32.max, dtype=tf.int32) % (
-        max_offset + 1
-    )
-    return tf.slice(stacked, [offset[0], offset[1], 0], [crop_hw[0], crop_hw[1], channels])
+    image_hw = tf.cast(image_hw, tf.float32)
+    scaled_hw = tf.maximum(tf.round(image_hw * factor), 1.0)
+    crop = tf.constant(crop_hw, tf.float32)
+    max_offset = tf.cast(tf.maximum(scaled_hw - crop, 0.0), tf.int32)
+    offset = tf.random.stateless_uniform([2], seed[0], 0, tf.int32.max, dtype=tf.int32)
+    offset = tf.cast(offset % (max_offset + 1), tf.float32)
+    span = tf.maximum(scaled_hw - 1.0, 1.0)
+    start, end = offset / span, (offset + crop - 1.0) / span
+    box = tf.stack([start[0], start[1], end[0], end[1]])
+    if flip:  # x1 > x2 samples the crop mirrored left-right
+        mirrored = tf.random.stateless_uniform([], seed[1]) < 0.5
+        box = tf.where(mirrored, tf.gather(box, [0, 3, 2, 1]), box)
+    return box
 
 
-def random_flip(stacked, seed):
-    flip = tf.random.stateless_uniform([], seed) < 0.5
-    return tf.cond(flip, lambda: tf.reverse(stacked, axis=[1]), lambda: stacked)
+def sample_box(tensor, box, crop_hw, method, fill_value):
+    """`tensor` [H, W, C] sampled in `box` to `crop_hw` (float32), `fill_value` outside."""
+    return tf.image.crop_and_resize(
+        tf.cast(tensor, tf.float32)[None],
+        box[None],
+        [0],
+        crop_hw,
+        method=method,
+        extrapolation_value=fill_value,
+    )[0]
 
 
 def color_jitter_image(image, seeds, jitter, channels):
@@ -178,15 +180,15 @@ def augment_example(
 ):
     """One training example -> (image float32 [h, w, C], label int32 [h, w])."""
     seeds = tf.random.experimental.stateless_split(seed, num=8)
-    image = tf.cast(to_channels(example["image"], channels), tf.float32)
+    image = to_channels(example["image"], channels)
     label = example["label"]
-    image, label = random_scale(image, label, seeds[0], scales, scale_range)
-    # tf.image on the stacked image+label (not Keras layers): labels stay exact and aligned
-    stacked = tf.concat([image, tf.cast(label, tf.float32)], axis=-1)
-    stacked = pad_and_random_crop(stacked, crop_hw, seeds[1], image_pad_value, ignore_label)
-    if flip:
-        stacked = random_flip(stacked, seeds[2])
-    image, label = stacked[..., :-1], stacked[..., -1]
+    factor = random_scale_factor(seeds[0], scales, scale_range)
+    box = scale_crop_flip_box(tf.shape(image)[:2], crop_hw, factor, seeds[1:3], flip)
+    # One tf.image box for image and label (not Keras layers): the label is sampled at the
+    # very positions of the image, by nearest neighbour, so it stays exact and aligned. Only
+    # the crop's pixels are computed, not the whole scaled image.
+    image = sample_box(image, box, crop_hw, "bilinear", image_pad_value)
+    label = sample_box(label, box, crop_hw, "nearest", ignore_label)[..., 0]
     if jitter:
         image = color_jitter_image(image, seeds[3:7], jitter, channels)
     if channels is not None:

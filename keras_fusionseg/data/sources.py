@@ -241,10 +241,15 @@ def load_split(
     )
 
 
+def glob_files_or_empty(pattern):
+    """Sorted files matching `pattern` (a path or a glob)."""
+    files = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+    return [path for path in files if os.path.isfile(path)]
+
+
 def glob_files(pattern):
     """Sorted files matching `pattern`, an error naming the pattern when there are none."""
-    files = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-    files = [path for path in files if os.path.isfile(path)]
+    files = glob_files_or_empty(pattern)
     if not files:
         raise ValueError(f"No TFRecord files match {pattern!r} (empty split).")
     return files
