@@ -1,0 +1,73 @@
+"""TFLite conversions (fp32, fp16, dynamic int8, full int8; fixed and dynamic shapes) on LiteRT."""
+
+import numpy as np
+import pytest
+from export_helpers import tiny_segmenter
+
+from keras_fusionseg.export import TFLiteSegmenter, convert_to_tflite
+
+# Max abs logit difference from Keras allowed per conversion (logits here are O(1)).
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "dynamic_int8": 5e-2, "full_int8": 0.15}
+
+
+@pytest.fixture(scope="module")
+def model_and_images():
+    model = tiny_segmenter(num_classes=3)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
+    return model, images
+
+
+@pytest.mark.parametrize(
+    "quantization, input_size",
+    [
+        ("fp32", None),
+        ("fp32", (64, 64)),
+        ("fp16", None),
+        ("dynamic_int8", None),
+        ("full_int8", None),
+        ("full_int8", (64, 64)),
+    ],
+)
+def test_conversion_matches_keras(model_and_images, quantization, input_size):
+    model, images = model_and_images
+    flatbuffer = convert_to_tflite(
+        model, quantization=quantization, input_size=input_size, representative_images=images
+    )
+    runner = TFLiteSegmenter(flatbuffer)
+    assert runner.dynamic == (input_size is None)
+    assert runner.input_dtype == (np.uint8 if quantization == "full_int8" else np.float32)
+    image = images[0]
+    expected = model(image[None].astype("float32"), training=False).numpy()
+    np.testing.assert_allclose(runner.logits(image), expected, atol=TOLERANCE[quantization])
+    # Any image size: padded (dynamic) or resized (fixed), class ids at the image's size.
+    odd = images[1][:50, :37]
+    assert runner.class_ids(odd).shape == (50, 37)
+
+
+def test_dynamic_runner_pads_like_the_saved_model(model_and_images):
+    model, images = model_and_images
+    runner = TFLiteSegmenter(convert_to_tflite(model))
+    odd = images[2][:40, :52]
+    padded = np.pad(odd.astype("float32"), [(0, 24), (0, 12), (0, 0)], constant_values=127.5)
+    expected = model(padded[None], training=False).numpy()[0, :40, :52]
+    np.testing.assert_allclose(runner.full_logits(odd), expected, atol=1e-4)
+
+
+def test_bad_arguments(model_and_images, tmp_path):
+    model, _ = model_and_images
+    with pytest.raises(ValueError, match="quantization"):
+        convert_to_tflite(model, quantization="int4")
+    with pytest.raises(ValueError, match="representative_images"):
+        convert_to_tflite(model, quantization="full_int8")
+    with pytest.raises(ValueError, match="input_size"):
+        convert_to_tflite(model, input_size=(64,))
+    with pytest.raises(ValueError, match="does not exist"):
+        TFLiteSegmenter(tmp_path / "missing.tflite")
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer")
+    with pytest.raises(ValueError, match="bad.tflite"):
+        TFLiteSegmenter(bad)
+    runner = TFLiteSegmenter(convert_to_tflite(model))
+    with pytest.raises(ValueError, match="3-channel"):
+        runner.class_ids(np.zeros((8, 8, 1), np.uint8))
