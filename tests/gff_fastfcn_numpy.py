@@ -109,3 +109,54 @@ def randomize_weights(layer, rng):
             weight.assign(rng.uniform(-1.0, -0.1, shape).astype("float32"))
         else:
             weight.assign(rng.normal(0, 0.3, shape).astype("float32"))
+
+
+def fit_two_steps(model, num_classes, rng, size=(64, 64), batch=2):
+    """Compiles with losses from `model.loss_spec` and trains 2 steps; returns the losses.
+
+    Test-local losses (sparse CE with labels resized by nearest to each segmentation output,
+    binary CE on class presence) keep these tests independent of the training package.
+    """
+    import keras
+    import tensorflow as tf
+
+    from keras_fusionseg.models import PRESENCE
+
+    def segmentation_loss(y_true, y_pred):
+        labels = tf.image.resize(y_true, tf.shape(y_pred)[1:3], method="nearest")
+        return keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)
+
+    def presence_loss(y_true, y_pred):
+        return keras.losses.binary_crossentropy(y_true, y_pred, from_logits=True)
+
+    images = rng.uniform(0, 255, size=(2 * batch, *size, 3)).astype("float32")
+    labels = rng.integers(0, num_classes, size=(2 * batch, *size, 1)).astype("int32")
+    presence = np.stack([np.isin(np.arange(num_classes), lab).astype("float32") for lab in labels])
+    spec = model.loss_spec
+    if list(spec) == ["logits"]:
+        model.compile(optimizer="sgd", loss=segmentation_loss, run_eagerly=True)
+        targets = labels
+    else:
+        losses = {
+            k: presence_loss if kind == PRESENCE else segmentation_loss
+            for k, (kind, _) in spec.items()
+        }
+        model.compile(
+            optimizer="sgd",
+            loss=losses,
+            loss_weights={k: w for k, (_, w) in spec.items()},
+            run_eagerly=True,
+        )
+        targets = {k: presence if kind == PRESENCE else labels for k, (kind, _) in spec.items()}
+    # Two `train_on_batch` steps: the same training step as `fit`, without its data pipeline.
+    losses = []
+    for step in range(2):
+        part = slice(step * batch, (step + 1) * batch)
+        batch_targets = (
+            targets[part]
+            if isinstance(targets, np.ndarray)
+            else {k: v[part] for k, v in targets.items()}
+        )
+        logs = model.train_on_batch(images[part], batch_targets, return_dict=True)
+        losses.append(float(logs["loss"]))
+    return {"loss": losses}

@@ -1,0 +1,49 @@
+"""EncNet, FastFCN (JPU + EncNet / ASPP / PSP heads) and the dilated counterparts."""
+
+import keras
+import numpy as np
+import pytest
+from gff_fastfcn_numpy import fit_two_steps
+
+from keras_fusionseg import models
+
+FASTFCN_FAMILY = ["encnet", "fastfcn_encnet", "dilated_aspp", "fastfcn_aspp", "fastfcn_psp"]
+
+
+def test_jpu_replaces_dilation_at_exactly_the_reference_jpu_cost():
+    """Same ResNet-50 weights at OS8 or OS32: FastFCN adds exactly the JPU's parameters."""
+    dilated = models.build("encnet", num_classes=59)
+    fast = models.build("fastfcn_encnet", num_classes=59)
+    assert fast.get_layer("jpu").count_params() == 19_755_008
+    assert fast.count_params() - dilated.count_params() == 19_755_008
+
+
+@pytest.mark.parametrize("name", FASTFCN_FAMILY)
+def test_tiny_model_any_size_roundtrip_and_training(name, tmp_path, rng):
+    spec = models.get_model_spec(name)
+    model = models.build(name, num_classes=4, aux_outputs=True, **spec.tiny)
+    expected_spec = {"logits": ("segmentation", 1.0), "aux": ("segmentation", 0.2)}
+    if "encnet" in name:
+        expected_spec["se"] = ("presence", 0.2)
+    assert model.loss_spec == expected_spec
+    assert ("jpu" in {layer.name for layer in model.layers}) == name.startswith("fastfcn")
+    for size in [(64, 64), (96, 72)]:
+        x = rng.uniform(0, 255, size=(2, *size, 3)).astype("float32")
+        outputs = model(x)
+        assert outputs["logits"].shape == (2, *size, 4)
+        if "se" in outputs:
+            assert outputs["se"].shape == (2, 4)
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    clone = keras.models.load_model(path)
+    for key, value in clone(x).items():
+        np.testing.assert_allclose(value, outputs[key], atol=1e-5, err_msg=key)
+    assert np.isfinite(fit_two_steps(model, 4, rng)["loss"]).all()
+
+
+def test_fastfcn_rejects_bad_options():
+    tiny = models.get_model_spec("fastfcn_encnet").tiny
+    with pytest.raises(ValueError, match="`jpu_width`.*received 0"):
+        models.build("fastfcn_encnet", num_classes=3, **{**tiny, "jpu_width": 0})
+    with pytest.raises(ValueError, match="`num_codes`"):
+        models.build("fastfcn_encnet", num_classes=3, **{**tiny, "num_codes": 0})
