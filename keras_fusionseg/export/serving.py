@@ -284,6 +284,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _discard(self, length, chunk=1 << 20):
+        while length > 0:
+            data = self.rfile.read(min(chunk, length))
+            if not data:
+                break
+            length -= len(data)
+
     def _route(self):
         match = _ROUTE.match(self.path)
         service = self.server.service
@@ -319,7 +326,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(411, {"error": "A Content-Length header is required."})
             return
         if length > self.server.max_body_bytes:
-            self.close_connection = True  # the unread body must not be parsed as a request
+            self.close_connection = True
+            if length <= 16 * self.server.max_body_bytes:
+                self._discard(length)  # so that the client can read the answer, not a reset
             self._reply(
                 400,
                 {

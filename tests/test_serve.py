@@ -1,0 +1,178 @@
+"""The TF Serving REST endpoint: real HTTP on loopback, concurrent requests, errors as 400."""
+
+import base64
+import concurrent.futures
+import http.client
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from export_helpers import tiny_segmenter
+from PIL import Image
+
+from keras_fusionseg.export import export_saved_model
+from keras_fusionseg.export.serving import PredictionService, running_server
+
+MODEL = "shapes"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    export_dir = tmp_path_factory.mktemp("serve") / "sm"
+    export_saved_model(tiny_segmenter(num_classes=3), export_dir, include_probabilities=True)
+    return PredictionService(str(export_dir), MODEL, max_pixels=128 * 128, max_batch=4)
+
+
+@pytest.fixture
+def server(service):
+    with running_server(service, max_body_bytes=2 << 20) as url:
+        yield url.removeprefix("http://")
+
+
+def _request(address, method, path, body=None, timeout=60):
+    connection = http.client.HTTPConnection(address, timeout=timeout)
+    try:
+        payload = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+        connection.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def _png_b64(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _expected(service, image):
+    out = service.signatures["serving_default"](images=tf.constant(image[None]))
+    return out["class_ids"][0].numpy()
+
+
+def test_status_and_metadata(server):
+    status, body = _request(server, "GET", f"/v1/models/{MODEL}")
+    assert status == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+    status, body = _request(server, "GET", f"/v1/models/{MODEL}/versions/1/metadata")
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    assert set(signatures) == {"serving_default", "serve_bytes", "serve_examples"}
+    assert signatures["serving_default"]["inputs"]["images"]["dtype"] == "uint8"
+    status, body = _request(server, "GET", "/v1/models/other")
+    assert status == 404 and "error" in body
+
+
+def test_row_and_columnar_predict(server, service, rng):
+    images = rng.integers(0, 256, (2, 24, 40, 3), dtype=np.uint8)
+    expected = [_expected(service, image) for image in images]
+    status, body = _request(
+        server, "POST", f"/v1/models/{MODEL}:predict", {"instances": images.tolist()}
+    )
+    assert status == 200, body
+    for prediction, want in zip(body["predictions"], expected, strict=True):
+        np.testing.assert_array_equal(prediction["class_ids"], want)
+        probabilities = np.asarray(prediction["probabilities"])
+        assert probabilities.shape == (24, 40, 3)
+        np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    status, body = _request(
+        server, "POST", f"/v1/models/{MODEL}:predict", {"inputs": {"images": images.tolist()}}
+    )
+    assert status == 200, body
+    np.testing.assert_array_equal(body["outputs"]["class_ids"], np.stack(expected))
+
+
+def test_b64_images_of_different_sizes(server, service, rng):
+    first = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    second = rng.integers(0, 256, (33, 17, 3), dtype=np.uint8)
+    request = {"instances": [{"b64": _png_b64(first)}, {"images": {"b64": _png_b64(second)}}]}
+    status, body = _request(server, "POST", f"/v1/models/{MODEL}/versions/1:predict", request)
+    assert status == 200, body
+    np.testing.assert_array_equal(body["predictions"][0]["class_ids"], _expected(service, first))
+    np.testing.assert_array_equal(body["predictions"][1]["class_ids"], _expected(service, second))
+
+
+def test_examples_signature(server, service, rng):
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    encoded = base64.b64decode(_png_b64(image))
+    feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))}
+    example = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    request = {
+        "signature_name": "serve_examples",
+        "instances": [{"b64": base64.b64encode(example).decode()}],
+    }
+    status, body = _request(server, "POST", f"/v1/models/{MODEL}:predict", request)
+    assert status == 200, body
+    np.testing.assert_array_equal(body["predictions"][0]["class_ids"], _expected(service, image))
+
+
+BAD_REQUESTS = [
+    (b"{not json", "not valid JSON"),
+    ({"foo": 1}, "exactly one"),
+    ({"instances": [[[[0.5, 0.5, 0.5]]]]}, "dtype float64"),
+    ({"instances": [[[[300, 0, 0]]]]}, "outside"),
+    ({"instances": [[[[1, 2]]]]}, "shape"),
+    ({"instances": [[[[1, 2, 3]], [[1, 2]]]]}, "rectangular|shape"),
+    ({"instances": np.zeros((1, 129, 129, 3), np.uint8).tolist()}, "height \\* width"),
+    ({"instances": [{"b64": "!!!"}]}, "base64"),
+    ({"instances": [{"b64": base64.b64encode(b"hello").decode()}]}, "PNG or JPEG"),
+    ({"signature_name": "nope", "instances": [[[[1, 2, 3]]]]}, "Unknown signature_name"),
+    ({"instances": [[[[1, 2, 3]]]] * 5}, "At most 4"),
+    ({"instances": [{"pixels": [[[1, 2, 3]]]}]}, "single input"),
+]
+
+
+@pytest.mark.parametrize("request_body, message", BAD_REQUESTS)
+def test_bad_requests_get_400_and_server_keeps_serving(server, request_body, message):
+    status, body = _request(server, "POST", f"/v1/models/{MODEL}:predict", request_body)
+    assert status == 400, body
+    assert re.search(message, body["error"]), body["error"]
+    status, _ = _request(server, "GET", f"/v1/models/{MODEL}")
+    assert status == 200
+
+
+def test_oversized_body_and_oversized_b64_image(server):
+    status, body = _request(server, "POST", f"/v1/models/{MODEL}:predict", b"x" * (3 << 20))
+    assert status == 400 and "bytes" in body["error"]
+    big = np.zeros((200, 100, 3), np.uint8)
+    status, body = _request(
+        server, "POST", f"/v1/models/{MODEL}:predict", {"instances": [{"b64": _png_b64(big)}]}
+    )
+    assert status == 400 and "200x100" in body["error"]
+    assert _request(server, "GET", f"/v1/models/{MODEL}")[0] == 200
+
+
+def test_concurrent_requests(server, service, rng):
+    images = [rng.integers(0, 256, (16 + 4 * k, 24, 3), dtype=np.uint8) for k in range(8)]
+    expected = [_expected(service, image) for image in images]
+
+    def call(k):
+        if k % 3 == 0:  # interleave malformed requests with good ones
+            return None, _request(server, "POST", f"/v1/models/{MODEL}:predict", b"[")
+        request = {"instances": [{"b64": _png_b64(images[k])}]}
+        return k, _request(server, "POST", f"/v1/models/{MODEL}:predict", request)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(call, range(8), timeout=120))
+    for k, (status, body) in results:
+        if k is None:
+            assert status == 400
+        else:
+            assert status == 200, body
+            np.testing.assert_array_equal(body["predictions"][0]["class_ids"], expected[k])
+
+
+def test_server_binds_loopback_and_stops(service):
+    with running_server(service) as url:
+        assert url.startswith("http://127.0.0.1:")
+        address = url.removeprefix("http://")
+        assert _request(address, "GET", f"/v1/models/{MODEL}")[0] == 200
+    with pytest.raises(OSError):
+        _request(address, "GET", f"/v1/models/{MODEL}", timeout=2)
+
+
+def test_service_rejects_bad_model_name(service):
+    with pytest.raises(ValueError, match="model_name"):
+        PredictionService("unused", "bad name/")
