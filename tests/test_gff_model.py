@@ -64,3 +64,27 @@ def test_gffnet_rejects_bad_options():
         )
     with pytest.raises(ValueError, match="`dropout`"):
         models.build("gffnet", num_classes=3, **{**tiny, "dropout": 1.5})
+
+
+def test_visualize_gates_script_writes_one_png_per_level(rng):
+    import importlib.util
+    import pathlib
+
+    import tensorflow as tf
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "visualize_gates.py"
+    spec = importlib.util.spec_from_file_location("visualize_gates", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    gates = [
+        rng.uniform(size=(1, 8 // s, 10 // s, c)).astype("float32")
+        for s, c in ((1, 1), (2, 1), (2, 3))
+    ]
+    gates[0][0, 0, 0, 0], gates[0][0, -1, -1, 0] = 0.0, 1.0
+    pngs = script.gate_pngs(gates, 16, 20)
+    assert len(pngs) == 3
+    first = tf.io.decode_png(pngs[0]).numpy()
+    assert first.shape == (16, 20, 1) and first.dtype == np.uint8
+    assert first[0, 0, 0] == 0 and first[-1, -1, 0] == 255
+    with pytest.raises(ValueError, match="--image: no such file 'nope.png'"):
+        script.read_image("nope.png")
