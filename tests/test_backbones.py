@@ -167,7 +167,6 @@ def test_backbone_argument_errors(kwargs, match):
     "name,options",
     [
         ("resnet50", TINY_RESNET),
-        ("mobilenetv2", dict(alpha=0.35)),
         ("xception65", dict(width_multiplier=0.05, middle_flow_units=1)),
     ],
 )
