@@ -12,4 +12,5 @@ from keras_fusionseg.export.tflite import (  # noqa: F401
     QUANTIZATIONS,
     TFLiteSegmenter,
     convert_to_tflite,
+    representative_images,
 )

@@ -195,3 +195,52 @@ class TFLiteSegmenter:
     def class_ids(self, image):
         """int32 class ids (H, W) of one uint8 image (H, W, C) of any size."""
         return np.argmax(self.full_logits(image), axis=-1).astype(np.int32)
+
+
+def representative_images(
+    source,
+    split="train",
+    *,
+    data_dir=None,
+    num_images=100,
+    input_size=None,
+    size_divisor=32,
+    pad_value=127.5,
+    channels=3,
+):
+    """Calibration images from the real input pipeline, shaped as inference will see them.
+
+    Images come from `keras_fusionseg.data.load_split` + `eval_pipeline` (original resolution),
+    then are padded to a multiple of `size_divisor` (dynamic models) or resized to
+    `input_size` (fixed models), exactly like `TFLiteSegmenter.full_logits` does.
+
+    Args:
+        source, split, data_dir: see `keras_fusionseg.data.load_split`.
+        num_images: int, how many images (the first ones of the split).
+        input_size: None or (height, width).
+        size_divisor, pad_value: padding for dynamic models.
+        channels: int, model input channels.
+
+    Returns:
+        list of float32 arrays (1, H, W, channels) in [0, 255].
+    """
+    from keras_fusionseg import data
+
+    dataset = data.eval_pipeline(
+        data.load_split(source, split, data_dir=data_dir), channels=channels
+    ).take(num_images)
+    images = []
+    for image, _ in dataset.as_numpy_iterator():
+        if input_size is not None:
+            image = tf.image.resize(image, input_size).numpy()
+        else:
+            _, height, width, _ = image.shape
+            image = np.pad(
+                image,
+                [(0, 0), (0, -height % size_divisor), (0, -width % size_divisor), (0, 0)],
+                constant_values=pad_value,
+            )
+        images.append(np.round(image).astype(np.float32))
+    if not images:
+        raise ValueError(f"No calibration images in split {split!r} of {source!r}.")
+    return images

@@ -3,22 +3,7 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-
-def default_palette(num_classes):
-    """The PASCAL VOC colour map: distinct colours for any number of classes.
-
-    Written out here (bit interleaving of the class id) because neither Keras nor TF ship it.
-    """
-    palette = np.zeros((num_classes, 3), np.uint8)
-    for index in range(num_classes):
-        value, r, g, b = index, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= ((value >> 0) & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette[index] = (r, g, b)
-    return palette
+from keras_fusionseg.data.registry import default_palette  # noqa: F401  (re-exported)
 
 
 def colorize(class_ids, palette):

@@ -1,0 +1,124 @@
+"""Exports a trained model: a SavedModel with raw-image signatures, and optionally TFLite files.
+
+    python scripts/export.py --model=runs/quickstart --output=exported/quickstart
+    python scripts/export.py --model=model.keras --output=exported/m --size_policy=resize \
+        --input_size=512,512 --probabilities --tflite=fp32,fp16,dynamic_int8,full_int8
+
+`--model` is a `.keras` file or a training workdir (its `checkpoints/best.keras`). The
+SavedModel goes to `--output/saved_model`, TFLite files to `--output/model_<quantization>.tflite`.
+Full int8 is calibrated on `--calibration_images` images of the training data (the workdir's
+dataset unless `--calibration_source` is given).
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app, flags  # noqa: E402
+
+_MODEL = flags.DEFINE_string("model", None, "A .keras file or a training workdir.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder.", required=True)
+_SIZE_POLICY = flags.DEFINE_enum(
+    "size_policy",
+    None,
+    ["native", "resize"],
+    "native: run at the image's size padded to --size_divisor; resize: to --input_size. "
+    "Default: resize for fixed-size models, native otherwise.",
+)
+_SIZE_DIVISOR = flags.DEFINE_integer("size_divisor", 32, "Padding multiple for native size.")
+_INPUT_SIZE = flags.DEFINE_list("input_size", [], "height,width for --size_policy=resize.")
+_PAD_VALUE = flags.DEFINE_float("pad_value", 127.5, "Raw pixel value of the padding.")
+_PROBABILITIES = flags.DEFINE_bool("probabilities", False, "Also output class probabilities.")
+_TFLITE = flags.DEFINE_list(
+    "tflite", [], "Quantizations to convert to: fp32, fp16, dynamic_int8, full_int8."
+)
+_TFLITE_INPUT_SIZE = flags.DEFINE_list(
+    "tflite_input_size", [], "height,width of fixed-shape TFLite models (default: dynamic)."
+)
+_CALIBRATION_SOURCE = flags.DEFINE_string(
+    "calibration_source", None, "load_split source for full int8 (default: the workdir's)."
+)
+_CALIBRATION_SPLIT = flags.DEFINE_string("calibration_split", "train", "Calibration split.")
+_CALIBRATION_DATA_DIR = flags.DEFINE_string("calibration_data_dir", None, "Its data_dir.")
+_CALIBRATION_IMAGES = flags.DEFINE_integer("calibration_images", 100, "Calibration images.")
+
+
+def _size(values, flag):
+    if not values:
+        return None
+    try:
+        height, width = (int(v) for v in values)
+    except ValueError:
+        raise app.UsageError(f"--{flag} must be height,width, received {values}.") from None
+    return height, width
+
+
+def _workdir_data(model_path):
+    config_path = os.path.join(model_path, "config.json")
+    if not os.path.isfile(config_path):
+        return None, None
+    with open(config_path) as f:
+        config = json.load(f)
+    data = config.get("data", {})
+    return data.get("name") or None, data.get("data_dir") or None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from keras_fusionseg import export
+
+    model = export.load_keras_model(_MODEL.value)
+    os.makedirs(_OUTPUT.value, exist_ok=True)
+    saved_model_dir = os.path.join(_OUTPUT.value, "saved_model")
+    pipeline = export.export_saved_model(
+        model,
+        saved_model_dir,
+        size_policy=_SIZE_POLICY.value,
+        size_divisor=_SIZE_DIVISOR.value,
+        input_size=_size(_INPUT_SIZE.value, "input_size"),
+        pad_value=_PAD_VALUE.value,
+        include_probabilities=_PROBABILITIES.value,
+    )
+    with open(os.path.join(_OUTPUT.value, "export_config.json"), "w") as f:
+        json.dump({"model": os.path.abspath(_MODEL.value), **pipeline.config()}, f, indent=2)
+    print(f"SavedModel ({pipeline.size_policy} size policy) written to {saved_model_dir}")
+
+    unknown = [q for q in _TFLITE.value if q not in export.QUANTIZATIONS]
+    if unknown:
+        raise app.UsageError(f"--tflite: unknown {unknown}; choose from {export.QUANTIZATIONS}.")
+    tflite_size = _size(_TFLITE_INPUT_SIZE.value, "tflite_input_size")
+    calibration = None
+    for quantization in _TFLITE.value:
+        if quantization == "full_int8" and calibration is None:
+            source, data_dir = _workdir_data(_MODEL.value)
+            source = _CALIBRATION_SOURCE.value or source
+            if source is None:
+                raise app.UsageError("full_int8 needs --calibration_source (no workdir config).")
+            calibration = export.representative_images(
+                source,
+                _CALIBRATION_SPLIT.value,
+                data_dir=_CALIBRATION_DATA_DIR.value or data_dir,
+                num_images=_CALIBRATION_IMAGES.value,
+                input_size=tflite_size,
+                size_divisor=_SIZE_DIVISOR.value,
+                pad_value=_PAD_VALUE.value,
+                channels=model.input_shape[-1],
+            )
+        flatbuffer = export.convert_to_tflite(
+            model,
+            quantization=quantization,
+            input_size=tflite_size,
+            representative_images=calibration,
+        )
+        path = os.path.join(_OUTPUT.value, f"model_{quantization}.tflite")
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+        print(f"TFLite {quantization}: {path} ({len(flatbuffer) / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,64 @@
+"""Segments image files with a `.keras` model, a training workdir, a SavedModel or a `.tflite`.
+
+    python scripts/predict.py --model=runs/quickstart --inputs=photos/ --output_dir=predictions
+    python scripts/predict.py --model=exported/m/saved_model --inputs='img/*.jpg' --dataset=camvid
+
+For every image it writes `<stem>_label.png` (one channel, the class ids) and
+`<stem>_overlay.png` (dataset colours over the image, with a legend of the classes present).
+Class names and colours come from --dataset, else from the workdir's or export's config.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app, flags  # noqa: E402
+
+_MODEL = flags.DEFINE_string(
+    "model", None, ".keras file, workdir, SavedModel dir or .tflite file.", required=True
+)
+_INPUTS = flags.DEFINE_list("inputs", None, "Image files, globs or folders.", required=True)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "predictions", "Output folder.")
+_DATASET = flags.DEFINE_string("dataset", None, "Registered dataset for class names/colours.")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "Without a dataset: generic names.")
+_ALPHA = flags.DEFINE_float("alpha", 0.5, "Overlay opacity in [0, 1].")
+_LEGEND = flags.DEFINE_bool("legend", True, "Add a legend of the classes present.")
+_SIZE_DIVISOR = flags.DEFINE_integer(
+    "size_divisor", 32, "Padding multiple (.keras and dynamic .tflite models)."
+)
+_NUM_THREADS = flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from keras_fusionseg.export import predict_files as pf
+    from keras_fusionseg.export.predictor import load_segmenter
+    from keras_fusionseg.export.saved_model import is_saved_model_dir
+
+    files = pf.list_image_files(_INPUTS.value)
+    options = {}
+    if not is_saved_model_dir(_MODEL.value):
+        options["size_divisor"] = _SIZE_DIVISOR.value
+    if _MODEL.value.endswith(".tflite"):
+        options["num_threads"] = _NUM_THREADS.value
+    segmenter = load_segmenter(_MODEL.value, **options)
+    dataset = _DATASET.value or pf.dataset_name_for(_MODEL.value)
+    class_names, palette = pf.class_names_and_palette(dataset, _NUM_CLASSES.value)
+    written = pf.predict_files(
+        segmenter,
+        files,
+        _OUTPUT_DIR.value,
+        class_names=class_names,
+        palette=palette,
+        alpha=_ALPHA.value,
+        legend=_LEGEND.value,
+        progress=len(files) > 1,
+    )
+    print(f"{len(written)} images ({segmenter.kind} model) -> {_OUTPUT_DIR.value}/")
+
+
+if __name__ == "__main__":
+    app.run(main)

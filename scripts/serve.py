@@ -1,0 +1,71 @@
+"""Serves an exported SavedModel over HTTP with the TF Serving REST predict API (local use).
+
+    python scripts/serve.py --saved_model=exported/m/saved_model --model_name=shapes
+    curl localhost:8501/v1/models/shapes
+    curl -d '{"instances": [{"b64": "'$(base64 -w0 image.png)'"}]}' \
+        localhost:8501/v1/models/shapes:predict
+
+Binds to 127.0.0.1 unless --host says otherwise. For production, serve the same SavedModel
+with TF Serving (`tensorflow/serving` image, `--model_base_path=/models/<name>` holding
+`1/` = the SavedModel): clients need no change.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app, flags, logging  # noqa: E402
+
+_SAVED_MODEL = flags.DEFINE_string("saved_model", None, "SavedModel directory.", required=True)
+_MODEL_NAME = flags.DEFINE_string("model_name", "segmenter", "The <name> in /v1/models/<name>.")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (loopback by default).")
+_PORT = flags.DEFINE_integer("port", 8501, "Port (8501 is TF Serving's REST port; 0 = any).")
+_MAX_PIXELS = flags.DEFINE_integer("max_pixels", 2048 * 2048, "Largest height*width accepted.")
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 16, "Most images per request.")
+_MAX_BODY_MB = flags.DEFINE_float("max_body_mb", 64.0, "Largest request body.")
+_STOP_AFTER = flags.DEFINE_float(
+    "stop_after_seconds", 0, "Stop by itself after this many seconds (0 = run until Ctrl-C)."
+)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import threading
+
+    from keras_fusionseg.export.serving import PredictionService, make_server
+
+    if _HOST.value not in ("127.0.0.1", "localhost", "::1"):
+        logging.warning("Binding to %s: this server has no authentication or TLS.", _HOST.value)
+    service = PredictionService(
+        _SAVED_MODEL.value,
+        _MODEL_NAME.value,
+        max_pixels=_MAX_PIXELS.value,
+        max_batch=_MAX_BATCH.value,
+    )
+    server = make_server(
+        service,
+        _HOST.value,
+        _PORT.value,
+        max_body_bytes=int(_MAX_BODY_MB.value * 2**20),
+        verbose=True,
+    )
+    host, port = server.server_address[:2]
+    print(
+        f"Serving {_MODEL_NAME.value!r} at http://{host}:{port}/v1/models/{_MODEL_NAME.value}",
+        flush=True,
+    )
+    if _STOP_AFTER.value > 0:
+        threading.Timer(_STOP_AFTER.value, server.shutdown).start()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    app.run(main)
