@@ -98,7 +98,7 @@ def to_channels(image, channels):
     gray = tf.cond(
         tf.equal(image_channels, 3),
         lambda: tf.cast(
-            tf.image.rgb_to_grayscale(tf.cast(image[..., :3], tf.float32)), image.dtype
+            tf.round(tf.image.rgb_to_grayscale(tf.cast(image[..., :3], tf.float32))), image.dtype
         ),
         lambda: image[..., :1],
     )

@@ -14,7 +14,7 @@ import numpy as np
 IGNORE_LABEL = 255
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # array fields: compare by identity
 class DatasetInfo:
     """Metadata of a segmentation dataset.
 
