@@ -1,1 +1,228 @@
-"""GCN and ExFuse models (to be implemented)."""
+"""GCN ("Large Kernel Matters") and ExFuse models.
+
+Peng et al., "Large Kernel Matters -- Improve Semantic Segmentation by Global Convolutional
+Network", CVPR 2017, Fig. 2: every backbone stage res-2..res-5 ("P2".."P5") goes through a
+`GlobalConvolution` to class scores and a `BoundaryRefinement`; top-down, the coarser map is
+upsampled x2, added, and refined by another BR; two more (upsample x2, BR) steps reach the
+input size. Zhang et al., "ExFuse: Enhancing Feature Fusion for Semantic Segmentation",
+ECCV 2018, Fig. 2 adds five switchable components (its Table 3 ablation):
+
+- semantic supervision (SS, Sec. 3.1): a head on every stage (3x3 conv-BN-ReLU twice, then
+  a 1x1 classifier) with an auxiliary loss ("ss_P2".."ss_P5"); `ss_features="block"` feeds
+  the GCN from the head's 2nd conv instead of the stage (Table 3 #2). The paper supervises
+  these heads with ImageNet classification while pre-training the backbone and then drops
+  the classifiers; without that pre-training stage we supervise them with the segmentation
+  label (per-pixel, at the stage's resolution) during segmentation training.
+- layer rearrangement (LR, Sec. 3.1): a backbone option, see `LAYER_REARRANGEMENT`.
+- semantic embedding branch (SEB, Sec. 3.1, Fig. 4) on levels 1-3 ("P2".."P4").
+- explicit channel resolution embedding (ECRE, Sec. 3.2, Fig. 5): the first top-down
+  upsampling (of the "P5" scores) is a sub-pixel x2 with its own loss ("ecre").
+- densely adjacent prediction (DAP, Sec. 3.2, eq. 3): the decoder is num_classes * k * k
+  wide (189 for 21 classes) and DAP averages the adjacent predictions at the end.
+
+Upsampling in the decoder is bilinear (`ResizeToReference` / `UpsampleBilinear`, sizes read
+at run time) where the GCN paper uses deconvolutions; with it any input size works, no
+padding needed (ECRE's x2 output is cropped to the finer level's size when a size is odd).
+"""
+
+import keras
+
+from keras_fusionseg.layers.common import ConvBNReLU, ResizeToReference
+from keras_fusionseg.layers.exfuse import (
+    DEFAULT_GCN_KERNEL_SIZE,
+    BoundaryRefinement,
+    DenselyAdjacentPrediction,
+    ExplicitChannelResolutionEmbedding,
+    GlobalConvolution,
+    SemanticEmbeddingBranch,
+    UpsampleBilinear,
+)
+from keras_fusionseg.models.registry import finalize_outputs, register_model
+
+LEVELS = ("P2", "P3", "P4", "P5")  # the paper's levels 1-4 (res-2..res-5)
+
+# Layer rearrangement (ExFuse Sec. 3.1): {3, 4, 23, 3} -> {8, 8, 9, 8} bottleneck blocks with
+# MACs kept. For ResNet v1 bottlenecks a block at mid width w on an s x s map costs
+# 17 * w^2 * s^2 multiply-adds and every stage halves s and doubles w, so all blocks cost
+# the same and, with 33 blocks either way, the default widths already keep the MACs exactly
+# (7.568 GMACs at 224 x 224 for both, counted with `utils.counting.count_macs`); parameters
+# grow from 42.66M to 50.80M. Use: `build("exfuse", backbone="resnet101",
+# backbone_options=LAYER_REARRANGEMENT)`.
+LAYER_REARRANGEMENT = {"depths": (8, 8, 9, 8), "stage_widths": (64, 128, 256, 512)}
+
+_TINY_BACKBONE = {"depths": (1, 1, 1, 1), "stage_widths": (8, 16, 32, 64), "stem_width": 16}
+TINY_GCN = {"backbone": "resnet50", "backbone_options": _TINY_BACKBONE, "gcn_kernel_size": 5}
+TINY_EXFUSE = {**TINY_GCN, "ss_channels": 16}
+
+SS_FEATURES = ("stage", "block")
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool, received {value!r}.")
+
+
+def _semantic_supervision(x, num_classes, channels, level):
+    """SS head (ExFuse Fig. 3, adapted): two 3x3 conv-BN-ReLU, then 1x1 class scores."""
+    x = ConvBNReLU(channels, 3, name=f"ss_{level}_conv1")(x)
+    block = ConvBNReLU(channels, 3, name=f"ss_{level}_conv2")(x)
+    scores = keras.layers.Conv2D(num_classes, 1, name=f"ss_{level}_classifier")(block)
+    return block, scores
+
+
+def _gcn_exfuse(
+    backbone,
+    *,
+    name,
+    num_classes,
+    aux_outputs,
+    gcn_kernel_size,
+    semantic_supervision,
+    ss_features,
+    ss_channels,
+    semantic_embedding,
+    channel_resolution_embedding,
+    densely_adjacent_prediction,
+    dap_kernel_size,
+    aux_loss_weight,
+):
+    for flag in (
+        "semantic_supervision",
+        "semantic_embedding",
+        "channel_resolution_embedding",
+        "densely_adjacent_prediction",
+    ):
+        _check_bool(flag, locals()[flag])
+    if ss_features not in SS_FEATURES:
+        raise ValueError(f"`ss_features` must be one of {SS_FEATURES}, received {ss_features!r}.")
+    if not isinstance(aux_loss_weight, int | float) or aux_loss_weight <= 0:
+        raise ValueError(
+            f"`aux_loss_weight` must be a positive number, received {aux_loss_weight!r}."
+        )
+    pyramid = backbone.pyramid_outputs
+    missing = [key for key in LEVELS if key not in pyramid]
+    if missing:
+        raise ValueError(
+            f"`{name}` needs the backbone's {list(LEVELS)} features; `pyramid_outputs` has "
+            f"{sorted(pyramid)}."
+        )
+    image = backbone.inputs[0]
+    groups = dap_kernel_size**2 if densely_adjacent_prediction else 1
+    width = num_classes * groups  # decoder width (189 for 21 classes with DAP, k = 3)
+    dap = DenselyAdjacentPrediction(dap_kernel_size, name="dap") if groups > 1 else None
+    aux = {}
+
+    # Encoder features, optionally through the semantic-supervision heads.
+    features = {}
+    for level in LEVELS:
+        x = pyramid[level]
+        if semantic_supervision:
+            block, scores = _semantic_supervision(x, num_classes, ss_channels, level)
+            aux[f"ss_{level}"] = scores
+            if ss_features == "block":
+                x = block
+        features[level] = x
+
+    # GCN + BR per level, SEB on levels 1-3.
+    scores = {}
+    for i, level in enumerate(LEVELS):
+        x = features[level]
+        if semantic_embedding and level != LEVELS[-1]:
+            higher = [features[h] for h in LEVELS[i + 1 :]]
+            x = SemanticEmbeddingBranch(name=f"seb_{level}")([x, *higher])
+        x = GlobalConvolution(width, gcn_kernel_size, name=f"gcn_{level}")(x)
+        scores[level] = BoundaryRefinement(name=f"br_{level}")(x)
+
+    # Top-down: upsample, add, BR.
+    y = scores[LEVELS[-1]]
+    for level in reversed(LEVELS[:-1]):
+        if channel_resolution_embedding and level == LEVELS[-2]:
+            up = ExplicitChannelResolutionEmbedding(width, name="ecre_upsample")([y, scores[level]])
+            aux["ecre"] = dap(up) if dap is not None else up
+        else:
+            up = ResizeToReference(name=f"upsample_to_{level}")([y, scores[level]])
+        y = keras.layers.Add(name=f"fuse_{level}")([up, scores[level]])
+        y = BoundaryRefinement(name=f"br_fuse_{level}")(y)
+
+    # Two more x2 steps (stride 4 -> 2 -> 1), each followed by BR.
+    y = BoundaryRefinement(name="br_up1")(UpsampleBilinear(2, name="upsample1")(y))
+    y = ResizeToReference(name="upsample2")([y, image])
+    y = BoundaryRefinement(name="br_up2")(y)
+    logits = dap(y) if dap is not None else y
+
+    weights = {key: float(aux_loss_weight) for key in aux}
+    outputs, loss_spec = finalize_outputs(logits, aux, aux_outputs, weights)
+    model = keras.Model(image, outputs, name=name)
+    model.loss_spec = loss_spec
+    return model
+
+
+_ARGS_DOC = """
+    Args:
+        backbone: functional `keras.Model` with `pyramid_outputs` "P2".."P5" (the GCN and
+            ExFuse papers use output stride 32: no dilation).
+        num_classes: int.
+        aux_outputs: bool, return `{"logits", "ss_P2".."ss_P5", "ecre"}` (those switched on)
+            for the auxiliary losses.
+        gcn_kernel_size: odd int k of the GCN blocks (15, the GCN paper's best; 7 is cheaper).
+        semantic_supervision: bool, SS heads with auxiliary losses on every stage.
+        ss_features: "block" (GCN reads the SS head's 2nd conv, ExFuse Table 3 #2) or
+            "stage" (the stage output; the heads are then only losses).
+        ss_channels: int, width of the SS heads' 3x3 convs.
+        semantic_embedding: bool, SEB on levels "P2".."P4".
+        channel_resolution_embedding: bool, ECRE for the "P5" -> "P4" upsampling.
+        densely_adjacent_prediction: bool, DAP (decoder width num_classes * k * k).
+        dap_kernel_size: odd int k of DAP (3).
+        aux_loss_weight: float, weight of each auxiliary loss.
+"""
+
+
+@register_model("gcn", default_backbone="resnet101", default_output_stride=32, tiny=TINY_GCN)
+def gcn(
+    backbone,
+    *,
+    num_classes,
+    aux_outputs=False,
+    gcn_kernel_size=DEFAULT_GCN_KERNEL_SIZE,
+    semantic_supervision=False,
+    ss_features="block",
+    ss_channels=256,
+    semantic_embedding=False,
+    channel_resolution_embedding=False,
+    densely_adjacent_prediction=False,
+    dap_kernel_size=3,
+    aux_loss_weight=0.4,
+):
+    """GCN with boundary refinement (Peng et al., CVPR 2017), the ExFuse baseline (Table 3 #1)."""
+    return _gcn_exfuse(backbone, name="gcn", **_options(locals()))
+
+
+@register_model("exfuse", default_backbone="resnet101", default_output_stride=32, tiny=TINY_EXFUSE)
+def exfuse(
+    backbone,
+    *,
+    num_classes,
+    aux_outputs=False,
+    gcn_kernel_size=DEFAULT_GCN_KERNEL_SIZE,
+    semantic_supervision=True,
+    ss_features="block",
+    ss_channels=256,
+    semantic_embedding=True,
+    channel_resolution_embedding=True,
+    densely_adjacent_prediction=True,
+    dap_kernel_size=3,
+    aux_loss_weight=0.4,
+):
+    """ExFuse on GCN (Zhang et al., ECCV 2018), SS, SEB, ECRE and DAP on (Table 3 #7).
+
+    Layer rearrangement is a backbone choice: pass `backbone_options=LAYER_REARRANGEMENT`.
+    """
+    return _gcn_exfuse(backbone, name="exfuse", **_options(locals()))
+
+
+def _options(arguments):
+    return {key: value for key, value in arguments.items() if key != "backbone"}
+
+
+gcn.__doc__ += _ARGS_DOC
+exfuse.__doc__ += _ARGS_DOC

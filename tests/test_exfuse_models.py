@@ -1,0 +1,138 @@
+"""The `gcn` and `exfuse` models: ablation switches, aux losses, training, `.keras` round trip."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_fusionseg import backbones, models
+from keras_fusionseg.models.exfuse import LAYER_REARRANGEMENT
+from keras_fusionseg.training.losses import losses_from_loss_spec
+
+NUM_CLASSES = 3
+ALL_OFF = {
+    "semantic_supervision": False,
+    "semantic_embedding": False,
+    "channel_resolution_embedding": False,
+    "densely_adjacent_prediction": False,
+}
+
+
+def predict(model, x):
+    """Eager inference: no XLA compile of the whole graph (slow on CPU for a two-call test)."""
+    outputs = model(x, training=False)
+    if isinstance(outputs, dict):
+        return {key: np.asarray(value) for key, value in outputs.items()}
+    return np.asarray(outputs)
+
+
+def tiny(name, **overrides):
+    return {**models.get_model_spec(name).tiny, **overrides}
+
+
+def train_two_steps(model, rng, size=(64, 64)):
+    loss, weights = losses_from_loss_spec(model.loss_spec, num_classes=NUM_CLASSES)
+    model.compile(
+        keras.optimizers.SGD(0.01, momentum=0.9), loss=loss, loss_weights=weights, jit_compile=False
+    )
+    x = rng.uniform(0, 255, size=(2, *size, 3)).astype("float32")
+    y = rng.integers(0, NUM_CLASSES, size=(2, *size, 1)).astype("uint8")
+    targets = {key: y for key in model.loss_spec} if len(model.loss_spec) > 1 else y
+    history = model.fit(x, targets, batch_size=2, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    return history
+
+
+def test_exfuse_all_components_train_and_roundtrip(rng, tmp_path):
+    model = models.build("exfuse", num_classes=NUM_CLASSES, aux_outputs=True, **tiny("exfuse"))
+    assert set(model.loss_spec) == {"logits", "ss_P2", "ss_P3", "ss_P4", "ss_P5", "ecre"}
+    # DAP: the decoder is num_classes * 3 * 3 wide (189 for 21 classes)
+    assert model.get_layer("gcn_P5").output.shape[-1] == NUM_CLASSES * 9
+    assert model.get_layer("br_up2").output.shape[-1] == NUM_CLASSES * 9
+    # SS block features feed the GCN, SEB on levels 1-3 only
+    assert model.get_layer("gcn_P2").input.shape[-1] == 16
+    assert {"seb_P2", "seb_P3", "seb_P4"} <= {layer.name for layer in model.layers}
+    assert "seb_P5" not in {layer.name for layer in model.layers}
+    x = rng.uniform(0, 255, size=(1, 70, 50, 3)).astype("float32")  # odd sizes, no padding
+    outputs = predict(model, x)
+    assert outputs["logits"].shape == (1, 70, 50, NUM_CLASSES)
+    assert outputs["ecre"].shape == outputs["ss_P4"].shape == (1, 5, 4, NUM_CLASSES)
+    train_two_steps(model, rng)
+    model.save(tmp_path / "exfuse.keras")
+    clone = keras.models.load_model(tmp_path / "exfuse.keras")
+    cloned = predict(clone, x)
+    outputs = predict(model, x)
+    for key in outputs:
+        np.testing.assert_allclose(cloned[key], outputs[key], atol=1e-5)
+
+
+def test_gcn_baseline_trains(rng):
+    model = models.build("gcn", num_classes=NUM_CLASSES, aux_outputs=True, **tiny("gcn"))
+    assert set(model.loss_spec) == {"logits"}
+    names = {layer.name for layer in model.layers}
+    assert {"gcn_P2", "gcn_P5", "br_fuse_P2", "br_up1", "br_up2"} <= names
+    assert not names & {"dap", "ecre_upsample", "seb_P2", "ss_P2_conv1"}
+    assert model.get_layer("gcn_P2").kernel_size == 5
+    train_two_steps(model, rng)
+
+
+@pytest.mark.parametrize(
+    "component,outputs",
+    [
+        ("semantic_supervision", {"ss_P2", "ss_P3", "ss_P4", "ss_P5"}),
+        ("channel_resolution_embedding", {"ecre"}),
+        ("semantic_embedding", set()),
+        ("densely_adjacent_prediction", set()),
+    ],
+)
+def test_each_exfuse_component_switches_alone(component, outputs, rng):
+    options = tiny("exfuse", **{**ALL_OFF, component: True})
+    model = models.build("exfuse", num_classes=NUM_CLASSES, aux_outputs=True, **options)
+    assert set(model.loss_spec) == {"logits", *outputs}
+    y = model(rng.uniform(0, 255, size=(1, 64, 96, 3)).astype("float32"))
+    assert y["logits"].shape == (1, 64, 96, NUM_CLASSES)
+
+
+def test_semantic_supervision_from_stage_features():
+    model = models.build(
+        "exfuse",
+        num_classes=NUM_CLASSES,
+        **tiny("exfuse", ss_features="stage", semantic_embedding=False),
+    )
+    backbone_p2_channels = 4 * 8  # tiny stage width 8, bottleneck expansion 4
+    assert model.get_layer("gcn_P2").input.shape[-1] == backbone_p2_channels
+
+
+def test_exfuse_errors():
+    with pytest.raises(ValueError, match="ss_features"):
+        models.build("exfuse", num_classes=3, **tiny("exfuse", ss_features="conv2"))
+    with pytest.raises(ValueError, match="semantic_embedding"):
+        models.build("exfuse", num_classes=3, **tiny("exfuse", semantic_embedding="yes"))
+    with pytest.raises(ValueError, match="kernel_size"):
+        models.build("gcn", num_classes=3, **tiny("gcn", gcn_kernel_size=4))
+
+
+def conv_macs(model):
+    """Multiply-adds of the Conv2D layers of a model with a static input size."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            total += kh * kw * cin * cout * h * w
+    return total
+
+
+def test_layer_rearrangement_keeps_macs():
+    """{3, 4, 23, 3} -> {8, 8, 9, 8} blocks at the same widths: identical multiply-adds.
+
+    (At full width and 224 x 224, `utils.counting.count_macs` gives 7,568,146,432 for both.)
+    """
+    narrow = (8, 16, 32, 64)
+    counts = []
+    for depths in ((3, 4, 23, 3), LAYER_REARRANGEMENT["depths"]):
+        backbone = backbones.build_backbone(
+            "resnet101", input_shape=(64, 64, 3), depths=depths, stage_widths=narrow, stem_width=16
+        )
+        counts.append(conv_macs(backbone))
+    assert counts[0] == counts[1] > 0
+    assert LAYER_REARRANGEMENT["stage_widths"] == (64, 128, 256, 512)
