@@ -84,7 +84,9 @@ def main(argv):
         include_probabilities=_PROBABILITIES.value,
     )
     with open(os.path.join(_OUTPUT.value, "export_config.json"), "w") as f:
-        json.dump({"model": os.path.abspath(_MODEL.value), **pipeline.config()}, f, indent=2)
+        dataset = _CALIBRATION_SOURCE.value or _workdir_data(_MODEL.value)[0]
+        record = {"model": os.path.abspath(_MODEL.value), "dataset": dataset, **pipeline.config()}
+        json.dump(record, f, indent=2)
     print(f"SavedModel ({pipeline.size_policy} size policy) written to {saved_model_dir}")
 
     unknown = [q for q in _TFLITE.value if q not in export.QUANTIZATIONS]

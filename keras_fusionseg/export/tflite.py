@@ -11,6 +11,7 @@ The interpreter is `ai_edge_litert` (`tf.lite.Interpreter` is deprecated in TF 2
 """
 
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -20,10 +21,26 @@ from keras_fusionseg.export.saved_model import main_logits
 QUANTIZATIONS = ("fp32", "fp16", "dynamic_int8", "full_int8")
 
 
-def convert_to_tflite(
-    model, *, quantization="fp32", input_size=None, representative_images=None, num_calibration=None
+def convert_to_tflite(model, **options):
+    """Converts a Keras segmentation model to a TFLite flatbuffer (bytes); see `make_converter`."""
+    converter = make_converter(model, **options)
+    with warnings.catch_warnings():
+        # With uint8 input the input scale comes from calibration; the legacy
+        # `quantized_input_stats` this warns about are not used.
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs")
+        return converter.convert()
+
+
+def make_converter(
+    model,
+    *,
+    quantization="fp32",
+    input_size=None,
+    representative_images=None,
+    num_calibration=None,
+    uint8_input=True,
 ):
-    """Converts a Keras segmentation model to a TFLite flatbuffer.
+    """A configured `tf.lite.TFLiteConverter` for a Keras segmentation model.
 
     Args:
         model: a `keras.Model` from raw pixels to logits (or a dict with "logits").
@@ -36,9 +53,8 @@ def convert_to_tflite(
             in [0, 255] from the real input pipeline; with a fixed `input_size` they must have
             that size.
         num_calibration: int or None, use at most this many representative images.
-
-    Returns:
-        bytes, the `.tflite` flatbuffer.
+        uint8_input: bool, full int8 models take uint8 pixels (else float32, as the
+            quantization debugger needs).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(
@@ -67,11 +83,11 @@ def convert_to_tflite(
     # Convert the frozen graph directly: the default detour through a temporary SavedModel
     # costs 2-3x the conversion time on our models and leaves Keras 3 variables unfrozen.
     converter.experimental_lower_to_saved_model = False
-    _configure(converter, quantization, representative_images, num_calibration)
-    return converter.convert()
+    _configure(converter, quantization, representative_images, num_calibration, uint8_input)
+    return converter
 
 
-def _configure(converter, quantization, representative_images, num_calibration):
+def _configure(converter, quantization, representative_images, num_calibration, uint8_input):
     if quantization != "fp32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "fp16":
@@ -88,7 +104,8 @@ def _configure(converter, quantization, representative_images, num_calibration):
 
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
+        if uint8_input:
+            converter.inference_input_type = tf.uint8
 
 
 def _interpreter_class():

@@ -1,0 +1,187 @@
+"""TFLite table: size, latency, error and mIoU of fp32 / fp16 / dynamic int8 / full int8.
+
+    python scripts/benchmark_tflite.py --workdir=runs/quickstart      # a trained model
+    python scripts/benchmark_tflite.py                                # trains a tiny one first
+
+Without --workdir, a narrow DeepLabv3+ (MobileNetV2 x0.35) is trained on the built-in
+synthetic_shapes data for --train_steps steps. Every conversion runs on the validation split
+of the model's dataset (or --source/--split) with LiteRT, one image at a time; latency is
+measured on the first validation image (padded to a multiple of 32), --num_threads threads.
+Full int8 is calibrated on --calibration_images training images. Also lists the layers with
+the largest int8 error (QuantizationDebugger). Prints a Markdown table, writes JSON.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app, flags  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (or a .keras file).")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 200, "Steps of the fallback training run.")
+_TRAIN_DIR = flags.DEFINE_string("train_dir", "runs/benchmark_tflite", "Fallback workdir.")
+_SOURCE = flags.DEFINE_string("source", None, "load_split source (default: the workdir's).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "data_dir of --source.")
+_SPLIT = flags.DEFINE_string("split", "val", "Evaluation split.")
+_CALIBRATION_SPLIT = flags.DEFINE_string("calibration_split", "train", "Calibration split.")
+_EVAL_IMAGES = flags.DEFINE_integer("eval_images", 50, "Evaluation images.")
+_CALIBRATION_IMAGES = flags.DEFINE_integer("calibration_images", 50, "Calibration images.")
+_NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
+_RUNS = flags.DEFINE_integer("runs", 30, "Timed runs per form.")
+_FIXED = flags.DEFINE_bool("fixed_shape_too", True, "Also convert fp32/full int8 at fixed size.")
+_OUTPUT = flags.DEFINE_string("output", None, "Folder for the .tflite files and results.json.")
+
+
+def _train_fallback(workdir):
+    from keras_fusionseg.training import trainer
+    from keras_fusionseg.training.config import default_config
+
+    config = default_config()
+    config.model.name = "deeplabv3plus"
+    config.model.backbone = "mobilenetv2"
+    config.model.backbone_options = {"alpha": 0.35}
+    config.model.output_stride = 16
+    config.model.options = {"aspp_filters": 64, "decoder_filters": 64, "low_level_filters": 24}
+    config.data.name = "synthetic_shapes"
+    config.data.crop_size = (96, 96)
+    config.train.epochs = 1
+    config.train.steps_per_epoch = _TRAIN_STEPS.value
+    config.train.learning_rate = 0.02
+    config.train.warmup_steps = 20
+    config.train.verbose = 2
+    trainer.train(config, workdir)
+    return workdir
+
+
+def _dataset_of(workdir):
+    path = os.path.join(workdir, "config.json") if os.path.isdir(workdir) else ""
+    if not os.path.isfile(path):
+        return None, None
+    with open(path) as f:
+        data = json.load(f).get("data", {})
+    return data.get("name") or None, data.get("data_dir") or None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_fusionseg import data, export
+    from keras_fusionseg.export.benchmark import (
+        compare_on_split,
+        int8_error_by_layer,
+        median_latency_ms,
+    )
+
+    workdir = _WORKDIR.value or _train_fallback(_TRAIN_DIR.value)
+    model = export.load_keras_model(workdir)
+    source, data_dir = _dataset_of(workdir)
+    source, data_dir = _SOURCE.value or source, _DATA_DIR.value or data_dir
+    if source is None:
+        raise app.UsageError("--source is needed (the model has no workdir config).")
+    info = data.get_dataset_info(source) if source in data.list_datasets() else None
+    num_classes = info.num_classes if info else int(model.output_shape[-1])
+    channels = model.input_shape[-1]
+    examples = [
+        (image[0].astype(np.uint8), label[0])
+        for image, label in data.eval_pipeline(
+            data.load_split(source, _SPLIT.value, data_dir=data_dir), channels=channels
+        )
+        .take(_EVAL_IMAGES.value)
+        .as_numpy_iterator()
+    ]
+    height, width = examples[0][0].shape[:2]
+    fixed_size = (height + (-height % 32), width + (-width % 32))
+    calibration = export.representative_images(
+        source,
+        _CALIBRATION_SPLIT.value,
+        data_dir=data_dir,
+        num_images=_CALIBRATION_IMAGES.value,
+        channels=channels,
+    )
+    forms = [(q, None) for q in export.QUANTIZATIONS]
+    if _FIXED.value:
+        forms += [("fp32", fixed_size), ("full_int8", fixed_size)]
+    output = _OUTPUT.value or os.path.join(
+        workdir if os.path.isdir(workdir) else ".", "tflite_benchmark"
+    )
+    os.makedirs(output, exist_ok=True)
+    runners, sizes = {}, {}
+    for quantization, size in forms:
+        name = quantization + ("" if size is None else f"@{size[0]}x{size[1]}")
+        if size is None:
+            images = calibration
+        else:
+            images = [tf.image.resize(image, size).numpy().round() for image in calibration]
+        flatbuffer = export.convert_to_tflite(
+            model, quantization=quantization, input_size=size, representative_images=images
+        )
+        path = os.path.join(output, f"model_{name.replace('@', '_')}.tflite")
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+        sizes[name] = len(flatbuffer)
+        runners[name] = export.TFLiteSegmenter(flatbuffer, num_threads=_NUM_THREADS.value)
+        print(f"converted {name}: {len(flatbuffer) / 1e6:.3f} MB", flush=True)
+
+    scores = compare_on_split(model, runners, examples, num_classes)
+    probe = np.pad(
+        examples[0][0], [(0, fixed_size[0] - height), (0, fixed_size[1] - width), (0, 0)]
+    )
+    latency = {}
+    for name, runner in runners.items():
+        latency[name] = median_latency_ms(lambda r=runner: r.logits(probe), runs=_RUNS.value)
+    keras_fn = tf.function(lambda x: model(x, training=False))
+    probe_tensor = tf.constant(probe[None].astype("float32"))
+    latency["keras"] = median_latency_ms(lambda: keras_fn(probe_tensor), runs=_RUNS.value)
+
+    worst_layers = int8_error_by_layer(model, calibration[:10], None, top=12)
+    results = {
+        "model": os.path.abspath(workdir),
+        "dataset": source,
+        "split": _SPLIT.value,
+        "eval_images": len(examples),
+        "latency_input": list(fixed_size),
+        "num_threads": _NUM_THREADS.value,
+        "forms": {
+            name: {
+                "size_bytes": sizes.get(name),
+                "latency_ms_median": latency[name][0],
+                "latency_ms_p10": latency[name][1],
+                **scores[name],
+            }
+            for name in ["keras", *runners]
+        },
+        "int8_worst_layers": [
+            {"tensor": t, "op": op, "rmse_over_scale": r, "rmse": e} for t, op, r, e in worst_layers
+        ],
+    }
+    with open(os.path.join(output, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+    print(
+        f"\n{source}/{_SPLIT.value}, {len(examples)} images; latency on "
+        f"{fixed_size[0]}x{fixed_size[1]}, {_NUM_THREADS.value} thread(s)\n"
+    )
+    print(
+        "| form | file size | latency median (p10) | max abs diff vs Keras | mIoU | pixels = Keras |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, row in results["forms"].items():
+        size = f"{row['size_bytes'] / 1e6:.2f} MB" if row["size_bytes"] else "-"
+        print(
+            f"| {name} | {size} | {row['latency_ms_median']:.1f} ({row['latency_ms_p10']:.1f}) ms "
+            f"| {row['max_abs_diff']:.2g} | {100 * row['mean_iou']:.2f} "
+            f"| {100 * row['agreement']:.2f}% |"
+        )
+    print("\nfull int8, largest per-layer error (RMSE / output scale; 0.29 = rounding only):")
+    for row in results["int8_worst_layers"]:
+        print(f"  {row['rmse_over_scale']:.2f}  {row['op']:<16} {row['tensor'][:110]}")
+
+
+if __name__ == "__main__":
+    app.run(main)
