@@ -4,6 +4,8 @@ import pytest
 import tensorflow as tf
 
 from keras_fusionseg.layers import (
+    AtrousConv2D,
+    AtrousDepthwiseConv2D,
     ConvBNReLU,
     ImageNormalization,
     ResizeToReference,
@@ -85,3 +87,38 @@ def test_invalid_arguments_name_the_argument():
         ConvBNReLU(4, strides=2, dilation_rate=2)
     with pytest.raises(ValueError, match="interpolation"):
         ResizeToReference("cubic")
+
+
+def test_image_normalization_rejects_gray_for_rgb_means():
+    with pytest.raises(ValueError, match="3 \\(RGB\\) input channels"):
+        ImageNormalization("caffe")(np.zeros((1, 4, 4, 1), "float32"))
+
+
+@pytest.mark.parametrize("layer_cls", [AtrousConv2D, AtrousDepthwiseConv2D])
+def test_atrous_convs_match_keras_convs(layer_cls, rng):
+    x = rng.normal(size=(2, 13, 9, 4)).astype("float32")
+    kwargs = dict(kernel_size=3, dilation_rate=3, padding="same")
+    if layer_cls is AtrousConv2D:
+        ours, reference = AtrousConv2D(5, **kwargs), keras.layers.Conv2D(5, **kwargs)
+    else:
+        ours, reference = AtrousDepthwiseConv2D(**kwargs), keras.layers.DepthwiseConv2D(**kwargs)
+    y = ours(x)
+    reference.build(x.shape)
+    reference.set_weights(ours.get_weights())
+    np.testing.assert_allclose(y, reference(x), atol=1e-5)
+
+
+def test_dilated_branches_survive_partly_known_shapes():
+    # Regression: Keras' dilated convs lower to SpaceToBatchND; with batch known and height
+    # unknown (what `model.predict` traces on a second input size), Grappler folded the
+    # paddings from a wrong height and the op failed. Our layers use the native ops.
+    inputs = keras.Input((None, None, 2))
+    x = keras.layers.Conv2D(4, 3, strides=8, padding="same")(inputs)
+    branches = [ConvBNReLU(4, 1)(x), ConvBNReLU(4, 3, dilation_rate=3)(x)]
+    branches.append(SeparableConvBN(4, dilation_rate=3)(x))
+    model = keras.Model(inputs, keras.layers.Concatenate()(branches))
+    fn = tf.function(model, input_signature=[tf.TensorSpec([1, None, 64, 2])])
+    for height in (96, 104):
+        assert tuple(fn(tf.zeros([1, height, 64, 2])).shape) == (1, height // 8, 8, 12)
+    model.predict(np.zeros((1, 64, 64, 2), "float32"), verbose=0)
+    assert model.predict(np.zeros((1, 104, 64, 2), "float32"), verbose=0).shape == (1, 13, 8, 12)

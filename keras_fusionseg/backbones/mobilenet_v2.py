@@ -23,7 +23,7 @@ import keras
 from keras_fusionseg.backbones.checks import check_input_shape, l2_regularizer, pyramid_model
 from keras_fusionseg.backbones.output_stride import AtrousSchedule
 from keras_fusionseg.backbones.registry import register_backbone
-from keras_fusionseg.layers.common import ImageNormalization
+from keras_fusionseg.layers.common import AtrousDepthwiseConv2D, ImageNormalization
 
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # widths with Keras Applications ImageNet weights
 BN_MOMENTUM = 0.999
@@ -88,7 +88,7 @@ def _inverted_residual(x, layers, filters, expansion, strides, dilation_rate, bl
         x = keras.layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
     if strides > 1:
         x = keras.layers.ZeroPadding2D(padding, name=f"{prefix}pad")(x)
-    x = keras.layers.DepthwiseConv2D(
+    x = AtrousDepthwiseConv2D(
         3,
         strides=strides,
         dilation_rate=dilation_rate,

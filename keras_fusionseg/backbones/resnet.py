@@ -20,7 +20,7 @@ from keras_fusionseg.backbones.checks import (
 )
 from keras_fusionseg.backbones.output_stride import AtrousSchedule
 from keras_fusionseg.backbones.registry import register_backbone
-from keras_fusionseg.layers.common import ImageNormalization
+from keras_fusionseg.layers.common import AtrousConv2D, ImageNormalization
 
 # Keras Applications' ResNet batch-norm settings (needed for identical features).
 RESNET_BN_EPSILON = 1.001e-5
@@ -40,7 +40,7 @@ class _ResNetLayers:
         self.regularizer = regularizer
 
     def conv(self, x, filters, kernel_size, name, strides=1, dilation_rate=1, padding="same"):
-        return keras.layers.Conv2D(
+        return AtrousConv2D(
             filters,
             kernel_size,
             strides=strides,

@@ -39,6 +39,56 @@ def resize_bilinear(x, size):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class AtrousConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` that runs dilated kernels as one native `Conv2D` op.
+
+    Atrous convolution, DeepLabv3+ Sec. 3.1, eq. 1. Keras lowers a dilated conv to
+    `tf.nn.convolution`, which wraps it in SpaceToBatchND/BatchToSpaceND with paddings
+    computed from the input shape; with a partly known shape (batch known, height unknown,
+    as in `model.predict` on a new size) Grappler's constant folding computes those
+    paddings from the wrong size and the op fails, or silently misaligns. The native op
+    takes `dilations` directly (CPU, GPU, TFLite `CONV_2D`), so there is nothing to fold.
+    Weights and config are those of `Conv2D`.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if max(self.dilation_rate) == 1 or self.groups != 1 or self.data_format != "channels_last":
+            return super().convolution_op(inputs, kernel)
+        return tf.nn.conv2d(
+            inputs,
+            kernel,
+            strides=list(self.strides),
+            padding=self.padding.upper(),
+            dilations=list(self.dilation_rate),
+        )
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AtrousDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` whose dilated kernels run as one native op.
+
+    The depthwise half of atrous separable convolution (DeepLabv3+ Sec. 3.1); see
+    `AtrousConv2D` for why the native `DepthwiseConv2dNative` op with `dilations` is used.
+    """
+
+    def call(self, inputs):
+        if max(self.dilation_rate) == 1 or self.data_format != "channels_last":
+            return super().call(inputs)
+        outputs = tf.raw_ops.DepthwiseConv2dNative(
+            input=inputs,
+            filter=tf.cast(self.kernel, inputs.dtype),
+            strides=[1, *self.strides, 1],
+            padding=self.padding.upper(),
+            dilations=[1, *self.dilation_rate, 1],
+        )
+        if self.use_bias:
+            outputs = outputs + tf.cast(self.bias, outputs.dtype)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class ResizeToReference(keras.layers.Layer):
     """Resizes `inputs[0]` to the height and width of `inputs[1]` (bilinear or nearest).
 
@@ -133,7 +183,7 @@ class ConvBNReLU(keras.layers.Layer):
         self.pad = None
         if pad:
             self.pad = keras.layers.ZeroPadding2D(_same_padding(self.kernel_size, dilation_rate))
-        self.conv = keras.layers.Conv2D(
+        self.conv = AtrousConv2D(
             filters,
             self.kernel_size,
             strides=strides,
@@ -243,7 +293,7 @@ class SeparableConvBN(keras.layers.Layer):
             if strided
             else None
         )
-        self.depthwise = keras.layers.DepthwiseConv2D(
+        self.depthwise = AtrousDepthwiseConv2D(
             kernel_size,
             strides=strides,
             dilation_rate=dilation_rate,
@@ -326,6 +376,14 @@ class ImageNormalization(keras.layers.Layer):
         super().__init__(**kwargs)
         _check_choice("mode", mode, set(self.MODES))
         self.mode = mode
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if self.mode in ("caffe", "torch") and channels != 3:
+            raise ValueError(
+                f"ImageNormalization mode {self.mode!r} needs 3 (RGB) input channels, "
+                f"received input shape {tuple(input_shape)}; use mode 'tf' or 'none'."
+            )
 
     def call(self, x):
         x = tf.cast(x, self.compute_dtype)
