@@ -72,8 +72,9 @@ def test_dunet_logits_are_dupsampled_code_over_temperature(basis, rng):
 def test_dunet_trains_with_temperature(basis, rng):
     model = models.build("dunet", num_classes=NUM_CLASSES, **tiny(dupsampling_basis=basis))
     loss, weights = losses_from_loss_spec(model.loss_spec, num_classes=NUM_CLASSES)
+    # Eager steps: tracing the training graph costs more CPU than two tiny steps.
     model.compile(
-        keras.optimizers.SGD(0.01, momentum=0.9), loss=loss, loss_weights=weights, jit_compile=False
+        keras.optimizers.SGD(0.01, momentum=0.9), loss=loss, loss_weights=weights, run_eagerly=True
     )
     x = rng.uniform(0, 255, size=(2, 64, 64, 3)).astype("float32")
     y = random_labels(rng, 2)

@@ -31,8 +31,9 @@ def tiny(name, **overrides):
 
 def train_two_steps(model, rng, size=(64, 64)):
     loss, weights = losses_from_loss_spec(model.loss_spec, num_classes=NUM_CLASSES)
+    # Eager steps: tracing the training graph costs more CPU than two tiny steps.
     model.compile(
-        keras.optimizers.SGD(0.01, momentum=0.9), loss=loss, loss_weights=weights, jit_compile=False
+        keras.optimizers.SGD(0.01, momentum=0.9), loss=loss, loss_weights=weights, run_eagerly=True
     )
     x = rng.uniform(0, 255, size=(2, *size, 3)).astype("float32")
     y = rng.integers(0, NUM_CLASSES, size=(2, *size, 1)).astype("uint8")
