@@ -7,5 +7,5 @@ from keras_fusionseg.training.losses import (  # noqa: F401
     losses_from_loss_spec,
 )
 from keras_fusionseg.training.optimizers import PolyDecay, SGDWithL2, build_optimizer  # noqa: F401
-from keras_fusionseg.training.strategies import make_strategy, multi_worker_fit_fix  # noqa: F401
+from keras_fusionseg.training.strategies import distributed_fit_fix, make_strategy  # noqa: F401
 from keras_fusionseg.training.trainer import train  # noqa: F401

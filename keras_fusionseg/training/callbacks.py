@@ -85,6 +85,19 @@ class StopOnNaN(keras.callbacks.Callback):
             )
 
 
+class ReportStartStep(keras.callbacks.Callback):
+    """Records (and prints) the optimizer step at which `fit` starts, after any restore."""
+
+    def __init__(self):
+        super().__init__()
+        self.start_step = None
+
+    def on_train_begin(self, logs=None):
+        self.start_step = int(self.model.optimizer.iterations.numpy())
+        if self.start_step:
+            print(f"Restored optimizer step {self.start_step}", flush=True)
+
+
 class StopAtStep(keras.callbacks.Callback):
     """Stops training once the optimizer has taken `max_steps` steps (counted across resumes)."""
 

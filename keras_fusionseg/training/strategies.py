@@ -3,11 +3,13 @@
 Keras 3 `fit` under `MultiWorkerMirroredStrategy` fails (keras-team/keras issue 20585):
 `_maybe_symbolic_build` all-reduces a whole per-replica data batch across workers just to
 get shapes for building, and `reduce_per_replica` reduces scalar step outputs (loss and
-metric values) with `axis=0`, which a scalar does not have. `multi_worker_fit_fix` swaps
+metric values) with `axis=0`, which a scalar does not have. `distributed_fit_fix` swaps
 in two narrow replacements, only while a multi-worker strategy trains and only for those
 two cases: the build takes this worker's first local replica batch (it only needs
 shapes), and scalars are averaged over replicas with `axis=None`. Everything else goes to
-the original Keras code.
+the original Keras code. The build replacement is also used under `MirroredStrategy`,
+where the same whole-batch reduction fails when replicas hold batches of different sizes
+(e.g. the last, partial validation batch).
 """
 
 import contextlib
@@ -79,14 +81,17 @@ def is_chief(strategy):
 
 
 @contextlib.contextmanager
-def multi_worker_fit_fix(strategy):
-    """Context in which Keras `fit`/`evaluate` work under `MultiWorkerMirroredStrategy`.
+def distributed_fit_fix(strategy):
+    """Context in which Keras `fit` works under multi-worker and multi-replica strategies.
 
-    A no-op for every other strategy. See the module docstring for what is replaced.
+    A no-op on one replica. See the module docstring for what is replaced.
     """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if strategy.num_replicas_in_sync == 1 and not isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ):
         yield
         return
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
     trainer_class = tf_trainer.TensorFlowTrainer
@@ -106,7 +111,7 @@ def multi_worker_fit_fix(strategy):
         return original_build(self, iterator=None, data_batch=data_batch)
 
     def reduce_per_replica(values, strategy_, reduction):
-        if reduction not in ("auto", "mean"):
+        if not multi_worker or reduction not in ("auto", "mean"):
             return original_reduce(values, strategy_, reduction)
 
         def reduce_one(value):

@@ -108,6 +108,7 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
     if not isinstance(strategy, tf.distribute.Strategy):
         strategy = strategies.make_strategy(strategy)
     chief = strategies.is_chief(strategy)
+    print(f"{type(strategy).__name__}: {strategy.num_replicas_in_sync} replica(s)", flush=True)
     task_id = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0) or 0
     # Non-chief workers must not write where the chief writes.
     backup_dir = os.path.join(workdir, "backup" if chief else f"backup_worker_{task_id}")
@@ -144,7 +145,10 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
     val_records = load_split(config, config.data.val_split)
     if config.train.validation_max_images:
         val_records = val_records.take(config.train.validation_max_images)
-    val_ds = data.eval_pipeline(val_records, cache=config.data.cache)
+    # One image per replica: padded (ignore label) to the batch's largest size.
+    val_ds = data.eval_pipeline(
+        val_records, batch_size=strategy.num_replicas_in_sync, cache=config.data.cache
+    )
 
     policy = config.mixed_precision or "float32"
     previous_policy = keras.config.dtype_policy()
@@ -196,6 +200,8 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
             ),
             callbacks_lib.StopAtStep(stop_step),
         ]
+        start_step = callbacks_lib.ReportStartStep()  # after BackupAndRestore: sees the restore
+        callback_list.insert(2, start_step)
         checkpoint_dir = os.path.join(workdir, "checkpoints")
         if chief:
             os.makedirs(checkpoint_dir, exist_ok=True)
@@ -218,7 +224,7 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
                         )
                     )
         start = time.time()
-        with strategies.multi_worker_fit_fix(strategy):
+        with strategies.distributed_fit_fix(strategy):
             history = model.fit(
                 train_ds,
                 epochs=config.train.epochs,
@@ -238,6 +244,7 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
         extra = {
             "checkpoint": final_path,
             "train_steps": steps_done,
+            "start_step": start_step.start_step,
             "train_seconds": round(train_seconds, 1),
             "resumed_from": None
             if resumed is None
