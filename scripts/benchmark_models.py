@@ -72,7 +72,7 @@ def main(argv):
         params = count_parameters(model)["total"]
         macs = count_macs(model, (height, width)) if FLAGS.count_macs else None
         image = tf.random.uniform((1, height, width, 3), 0, 255, seed=0)
-        function = tf.function(lambda x, m=model: m(x, training=False), jit_compile=False)
+        function = tf.function(lambda x, m=model: m(x, training=False), autograph=False)
         for _ in range(FLAGS.warmup):
             tf.nest.map_structure(lambda t: t.numpy(), function(image))
         entries.append(

@@ -1,4 +1,7 @@
-"""Parsing of the `key=value` option strings and image sizes that scripts take as flags."""
+"""Parsing of the `key=value` option strings and image sizes that scripts take as flags.
+
+Own parser: absl flags have no dict-valued flag, and values here are Python literals.
+"""
 
 import ast
 

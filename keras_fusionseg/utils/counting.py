@@ -3,7 +3,7 @@
 `count_macs` freezes the model's inference graph at a fixed input size and asks the TensorFlow
 profiler for the float operations of its convolutions (regular and depthwise) and matrix
 products; MACs = FLOPs / 2. Element-wise ops (batch norm, ReLU, additions, resizing) are not
-counted, which is the convention of the multiply-add figures in the DeepLab papers.
+counted, as in the usual conv + depthwise multiply-add counts of DeepLab models.
 """
 
 import numpy as np
@@ -33,6 +33,7 @@ def count_parameters(model):
         dict with `trainable`, `non_trainable` (e.g. batch-norm moving statistics) and
         `total`, all ints.
     """
+    # Own sum: `model.count_params()` gives only the total, not the trainable split.
     if not model.built:
         raise ValueError(f"Model {model.name!r} is not built; call it or build it first.")
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
@@ -78,7 +79,8 @@ def macs_by_op_type(model, input_size, batch_size=1, count_dilation_padding=Fals
                 f"{(height, width)}."
             )
     spec = tf.TensorSpec((batch_size, height, width, model_input.shape[-1]), model_input.dtype)
-    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    function = tf.function(lambda x: model(x, training=False), autograph=False)
+    function = function.get_concrete_function(spec)
     frozen = convert_variables_to_constants_v2(function)
     graph = tf.Graph()
     with graph.as_default():
