@@ -18,7 +18,7 @@ def test_resume_after_kill(tmp_path):
     workdir = tmp_path / "run"
     metadata = workdir / "backup" / "training_metadata.json"
     first = sub.start([f"--workdir={workdir}", *FLAGS], log=tmp_path / "first.log")
-    deadline = time.time() + 240
+    deadline = time.time() + 600
     state = None
     while time.time() < deadline and first.poll() is None:
         try:
@@ -34,7 +34,7 @@ def test_resume_after_kill(tmp_path):
     assert state is not None and state["batch"] >= 5
 
     second = sub.start([f"--workdir={workdir}", *FLAGS])
-    output, _ = second.communicate(timeout=240)
+    output, _ = second.communicate(timeout=600)
     assert second.returncode == 0, output[-3000:]
     assert "Resuming from backup" in output and "epoch 1, batch" in output
     metrics = json.loads((workdir / "metrics.json").read_text())

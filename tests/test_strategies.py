@@ -9,7 +9,7 @@ import training_subprocess as sub
 
 from keras_fusionseg.training import strategies
 
-TIMEOUT = 240
+TIMEOUT = 600  # generous: the machine may be shared; ~1 min when idle
 
 
 def test_make_strategy_names():

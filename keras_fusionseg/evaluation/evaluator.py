@@ -101,10 +101,11 @@ def evaluate(
             probs = inference.predict_sliding(predictor, image, crop_size, stride)
         prediction = tf.argmax(probs, axis=-1, output_type=tf.int32).numpy()
         confusion += confusion_from_labels(label, prediction, num_classes, ignore_label).numpy()
-        for width, band in boundary.band_confusions(
-            label, prediction, bands, num_classes, ignore_label
-        ).items():
-            bands[width] += band
+        if bands:
+            for width, band in boundary.band_confusions(
+                label, prediction, bands, num_classes, ignore_label
+            ).items():
+                bands[width] += band
         count += 1
         progress.update(count)
     if count == 0:
