@@ -1,6 +1,6 @@
 """`synthetic_shapes`: a built-in, deterministic segmentation dataset needing no files.
 
-Each scene is a textured, noisy background with 2-5 overlapping objects of five shape
+Each scene is a textured, noisy background with 2-4 overlapping objects of five shape
 classes (circle, rectangle, triangle, ring, ellipse) of random size, position, rotation and
 colour. Colour says nothing about the class, so a model has to learn shape. Image `i` of a
 split depends only on `(seed, split, i)`; splits are generated once per process with NumPy.
@@ -32,11 +32,11 @@ def _smooth_noise(rng, height, width, cells, channels):
 
 def _background(rng, height, width, yy, xx):
     base = rng.uniform(40, 215, size=3).astype(np.float32)
-    texture = 45.0 * _smooth_noise(rng, height, width, int(rng.integers(3, 9)), 3)
+    texture = 30.0 * _smooth_noise(rng, height, width, int(rng.integers(3, 9)), 3)
     frequency = np.float32(rng.uniform(0.05, 0.4))
     angle = rng.uniform(0, np.pi)
     phase = np.float32(np.cos(angle)) * xx + np.float32(np.sin(angle)) * yy
-    stripes = 15.0 * np.sin(frequency * phase)
+    stripes = 10.0 * np.sin(frequency * phase)
     return base + texture + stripes[..., None]
 
 
@@ -94,9 +94,9 @@ def generate_scene(rng, height, width, border_ignore=0):
     image = _background(rng, height, width, yy, xx)
     label = np.zeros((height, width), dtype=np.uint8)
     side = min(height, width)
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(2, 5))):
         class_id = int(rng.integers(1, NUM_CLASSES))
-        radius = rng.uniform(0.09, 0.24) * side
+        radius = rng.uniform(0.12, 0.28) * side
         cy, cx = rng.uniform(0.1, 0.9) * height, rng.uniform(0.1, 0.9) * width
         mask = _shape_mask(rng, SYNTHETIC_SHAPES_CLASSES[class_id], yy, xx, cy, cx, radius)
         if not mask.any():
@@ -104,12 +104,12 @@ def generate_scene(rng, height, width, border_ignore=0):
         behind = image[mask].mean(axis=0)
         for _ in range(10):  # a colour that stands out from what it covers
             color = rng.uniform(0, 255, size=3).astype(np.float32)
-            if np.abs(color - behind).sum() > 120:
+            if np.abs(color - behind).sum() > 160:
                 break
         shading = 25.0 * _smooth_noise(rng, height, width, 2, 1)
         image[mask] = color + shading[mask]
         label[mask] = class_id
-    image += rng.standard_normal(size=image.shape, dtype=np.float32) * 10.0
+    image += rng.standard_normal(size=image.shape, dtype=np.float32) * 8.0
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     if border_ignore:
         label = _ignore_borders(label, border_ignore)
