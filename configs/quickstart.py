@@ -17,5 +17,6 @@ def get_config():
     config.train.steps_per_epoch = 50
     config.train.learning_rate = 0.02
     config.train.warmup_steps = 20
+    config.train.bn_momentum = 0.99  # the models' 0.9997 is for 30k+ step schedules
     config.train.backup_every_steps = 50
     return config

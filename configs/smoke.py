@@ -18,6 +18,7 @@ def get_config():
     config.data.shuffle_buffer = 8
     config.train.epochs = 2
     config.train.steps_per_epoch = 3
+    config.train.bn_momentum = 0.9  # the models' 0.9997 is for 30k+ step schedules
     config.train.backup_every_steps = 1
     config.train.num_overlay_images = 2
     config.train.verbose = 2

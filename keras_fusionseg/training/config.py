@@ -62,6 +62,7 @@ def default_config():
     config.train.class_weights = ()  # empty: all classes weigh 1
     config.train.ohem_fraction = 1.0
     config.train.sync_batch_norm = False
+    config.train.bn_momentum = 0.0  # > 0 overrides every BN layer's momentum (short runs)
     config.train.backup_every_steps = 50
     config.train.validation_every_epochs = 1
     config.train.validation_max_images = 0  # 0 = whole validation split
@@ -184,6 +185,10 @@ def validate_config(config, workdir=None, source="config"):
     if not 0 < config.train.ohem_fraction <= 1:
         problems.append(
             f"train.ohem_fraction must be in (0, 1], received {config.train.ohem_fraction!r}"
+        )
+    if not 0 <= config.train.bn_momentum < 1:
+        problems.append(
+            f"train.bn_momentum must be in [0, 1), received {config.train.bn_momentum!r}"
         )
     if config.mixed_precision not in PRECISIONS:
         problems.append(
