@@ -2,10 +2,13 @@
 
 Each scene is a textured, noisy background with 2-4 overlapping objects of five shape
 classes (circle, rectangle, triangle, ring, ellipse) of random size, position, rotation and
-colour. Colour says nothing about the class, so a model has to learn shape. Image `i` of a
-split depends only on `(seed, split, i)`; splits are generated once per process with NumPy.
+colour. Like real classes (sky is mostly blue), each class has a typical hue with wide
+variation (hue bands overlap, saturation and brightness are random) over low-saturation
+backgrounds, so colour is a cue and shape settles the rest. Image `i` of a split depends
+only on `(seed, split, i)`; splits are generated once per process with NumPy.
 """
 
+import colorsys
 import functools
 
 import numpy as np
@@ -31,7 +34,8 @@ def _smooth_noise(rng, height, width, cells, channels):
 
 
 def _background(rng, height, width, yy, xx):
-    base = rng.uniform(40, 215, size=3).astype(np.float32)
+    hsv = rng.uniform(0, 1), rng.uniform(0.0, 0.35), rng.uniform(0.3, 0.85)
+    base = 255.0 * np.array(colorsys.hsv_to_rgb(*hsv), dtype=np.float32)
     texture = 30.0 * _smooth_noise(rng, height, width, int(rng.integers(3, 9)), 3)
     frequency = np.float32(rng.uniform(0.05, 0.4))
     angle = rng.uniform(0, np.pi)
@@ -102,9 +106,11 @@ def generate_scene(rng, height, width, border_ignore=0):
         if not mask.any():
             continue
         behind = image[mask].mean(axis=0)
-        for _ in range(10):  # a colour that stands out from what it covers
-            color = rng.uniform(0, 255, size=3).astype(np.float32)
-            if np.abs(color - behind).sum() > 160:
+        for _ in range(10):  # a colour of the class's hue band that stands out
+            hue = (class_id - 1) / (NUM_CLASSES - 1) + rng.uniform(-0.12, 0.12)
+            hsv = hue % 1.0, rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0)
+            color = 255.0 * np.array(colorsys.hsv_to_rgb(*hsv), dtype=np.float32)
+            if np.abs(color - behind).sum() > 120:
                 break
         shading = 25.0 * _smooth_noise(rng, height, width, 2, 1)
         image[mask] = color + shading[mask]
