@@ -36,7 +36,13 @@ from keras_fusionseg.models.registry import finalize_outputs, register_model
 
 TINY = {
     "backbone": "resnet50",
-    "backbone_options": {"depths": (1, 1, 1, 1), "stage_widths": (8, 16, 32, 64), "stem_width": 16},
+    # [-1, 1] inputs keep untrained activations O(1) (see `models.exfuse`).
+    "backbone_options": {
+        "depths": (1, 1, 1, 1),
+        "stage_widths": (8, 16, 32, 64),
+        "stem_width": 16,
+        "normalization": "tf",
+    },
     "decoder_channels": 16,
     "code_channels": 16,
 }
