@@ -71,3 +71,24 @@ def test_bad_arguments(model_and_images, tmp_path):
     runner = TFLiteSegmenter(convert_to_tflite(model))
     with pytest.raises(ValueError, match="3-channel"):
         runner.class_ids(np.zeros((8, 8, 1), np.uint8))
+
+
+def test_benchmark_helpers(model_and_images):
+    from keras_fusionseg.export.benchmark import (
+        compare_on_split,
+        int8_error_by_layer,
+        median_latency_ms,
+    )
+
+    model, images = model_and_images
+    runner = TFLiteSegmenter(convert_to_tflite(model))
+    label = np.random.default_rng(2).integers(0, 3, (40, 50))
+    label[:5] = 255
+    examples = [(image[:40, :50], label) for image in images[:2]]
+    scores = compare_on_split(model, {"fp32": runner}, examples, 3)
+    assert scores["fp32"]["max_abs_diff"] < 1e-4 and scores["fp32"]["agreement"] > 0.99
+    assert abs(scores["fp32"]["mean_iou"] - scores["keras"]["mean_iou"]) < 0.01
+    median, p10 = median_latency_ms(lambda: runner.logits(images[0]), warmup=1, runs=3)
+    assert 0 < p10 <= median
+    worst = int8_error_by_layer(model, [i.astype("float32") for i in images[:2]], None, top=3)
+    assert len(worst) == 3 and worst[0][2] >= worst[-1][2]
