@@ -136,8 +136,12 @@ def _label_windows(label, ratio, num_classes, ignore_label, ignore_mode, record)
 
 
 def _one_hot_windows(windows, num_classes):
-    onehot = windows[..., None] == np.arange(num_classes)  # void ids match no class
-    return onehot.reshape(len(windows), windows.shape[1] * num_classes).astype(np.float32)
+    """(P, r*r) class ids -> (P, r*r*num_classes) one-hot rows; void ids give zero vectors."""
+    count, pixels = windows.shape
+    onehot = np.zeros((count, pixels * num_classes), np.float32)
+    rows, cols = np.nonzero((windows >= 0) & (windows < num_classes))
+    onehot[rows, cols * num_classes + windows[rows, cols]] = 1.0
+    return onehot
 
 
 def label_patches(label, ratio, num_classes, ignore_label=255, ignore_mode="zero", record=None):
