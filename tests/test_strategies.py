@@ -62,7 +62,7 @@ def test_multi_worker_two_processes(tmp_path):
     ]
     outputs = [_finish(worker, f"worker {i}") for i, worker in enumerate(workers)]
     for output in outputs:
-        assert "MultiWorkerMirroredStrategy: 2 replica(s)" in output
+        assert "CollectiveAllReduceStrategy: 2 replica(s)" in output  # MultiWorkerMirrored
     metrics = json.loads((tmp_path / "metrics.json").read_text())  # written by the chief only
     assert metrics["train_steps"] == 6
     losses = [line for line in outputs[0].splitlines() if "val_mean_iou" in line]
