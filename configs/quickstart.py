@@ -13,10 +13,11 @@ def get_config():
     config.data.name = "synthetic_shapes"
     config.data.crop_size = (96, 96)
     config.data.batch_size = 8
-    config.train.epochs = 6
-    config.train.steps_per_epoch = 50
-    config.train.learning_rate = 0.02
+    config.train.epochs = 10
+    config.train.steps_per_epoch = 80
+    config.train.learning_rate = 0.05
     config.train.warmup_steps = 20
     config.train.bn_momentum = 0.99  # the models' 0.9997 is for 30k+ step schedules
-    config.train.backup_every_steps = 50
+    config.train.backup_every_steps = 80
+    config.train.validation_every_epochs = 2
     return config

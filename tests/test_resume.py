@@ -4,6 +4,7 @@ import json
 import signal
 import time
 
+import pytest
 import training_subprocess as sub
 
 FLAGS = [
@@ -14,6 +15,7 @@ FLAGS = [
 ]
 
 
+@pytest.mark.slow
 def test_resume_after_kill(tmp_path):
     workdir = tmp_path / "run"
     metadata = workdir / "backup" / "training_metadata.json"

@@ -35,6 +35,7 @@ def subprocess_timeout():
     return subprocess.TimeoutExpired
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_with_sync_batch_norm(tmp_path):
     process = sub.start(
         [
@@ -50,6 +51,7 @@ def test_mirrored_on_two_logical_cpus_with_sync_batch_norm(tmp_path):
     assert metrics["train_steps"] == 6 and metrics["num_images"] == 2
 
 
+@pytest.mark.slow
 def test_multi_worker_two_processes(tmp_path):
     ports = sub.free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
