@@ -71,3 +71,21 @@ def test_backbone_registry_errors():
     if backbones.list_backbones():
         with pytest.raises(ValueError, match="output_stride"):
             backbones.build_backbone(backbones.list_backbones()[0], output_stride=12)
+
+
+def test_default_backbone_options_apply_only_to_the_default_backbone(monkeypatch):
+    seen = []
+
+    def fake_build_backbone(name, **kwargs):
+        seen.append((name, kwargs))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(models.registry, "build_backbone", fake_build_backbone)
+    for kwargs in ({}, {"backbone_options": {"deep_stem": False}}, {"backbone": "resnet101"}):
+        with pytest.raises(RuntimeError, match="stop"):
+            models.build("fastfcn_psp", num_classes=3, **kwargs)
+    assert seen[0][0] == "resnet50" and seen[0][1]["deep_stem"] is True
+    assert seen[0][1]["use_bias"] is False
+    assert seen[1][1]["deep_stem"] is False and seen[1][1]["use_bias"] is False
+    assert seen[2][0] == "resnet101" and "deep_stem" not in seen[2][1]
+    assert models.get_model_spec("exfuse").default_backbone_options["depths"] == (8, 8, 9, 8)

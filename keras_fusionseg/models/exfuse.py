@@ -46,8 +46,8 @@ LEVELS = ("P2", "P3", "P4", "P5")  # the paper's levels 1-4 (res-2..res-5)
 # 17 * w^2 * s^2 multiply-adds and every stage halves s and doubles w, so all blocks cost
 # the same and, with 33 blocks either way, the default widths already keep the MACs exactly
 # (7.568 GMACs at 224 x 224 for both, counted with `utils.counting.count_macs`); parameters
-# grow from 42.66M to 50.80M. Use: `build("exfuse", backbone="resnet101",
-# backbone_options=LAYER_REARRANGEMENT)`.
+# grow from 42.66M to 50.80M. `exfuse` uses it with its default backbone; for another
+# model: `build(name, backbone="resnet101", backbone_options=LAYER_REARRANGEMENT)`.
 LAYER_REARRANGEMENT = {"depths": (8, 8, 9, 8), "stage_widths": (64, 128, 256, 512)}
 
 # Tiny variants normalise pixels to [-1, 1] (no pretrained weights to match): with "caffe"
@@ -205,7 +205,13 @@ def gcn(
     return _gcn_exfuse(backbone, name="gcn", **_options(locals()))
 
 
-@register_model("exfuse", default_backbone="resnet101", default_output_stride=32, tiny=TINY_EXFUSE)
+@register_model(
+    "exfuse",
+    default_backbone="resnet101",
+    default_output_stride=32,
+    tiny=TINY_EXFUSE,
+    default_backbone_options=LAYER_REARRANGEMENT,
+)
 def exfuse(
     backbone,
     *,
@@ -223,7 +229,8 @@ def exfuse(
 ):
     """ExFuse on GCN (Zhang et al., ECCV 2018), SS, SEB, ECRE and DAP on (Table 3 #7).
 
-    Layer rearrangement is a backbone choice: pass `backbone_options=LAYER_REARRANGEMENT`.
+    Layer rearrangement (LR) is on with the default backbone (`LAYER_REARRANGEMENT`); pass
+    `backbone_options={"depths": (3, 4, 23, 3)}` to turn it off.
     """
     return _gcn_exfuse(backbone, name="exfuse", **_options(locals()))
 

@@ -32,6 +32,9 @@ FASTFCN_LOSS_WEIGHTS = {"aux": 0.2, "se": 0.2}
 TINY_HEAD = {**TINY_RESNET, "head_width": 16, "aux_width": 16}
 TINY_JPU = {**TINY_HEAD, "jpu_width": 8}
 
+# The FastFCN reference ResNets: three-conv deep stem, convs without bias (REFERENCE_FACTS).
+FASTFCN_BACKBONE = {"deep_stem": True, "use_bias": False}
+
 
 def _features(backbone, use_jpu, jpu_width, model_name):
     """Stride-8 features: JPU on "P3".."P5" (FastFCN), or "P5" of a dilated backbone."""
@@ -191,7 +194,11 @@ def _register_encoding(name, use_jpu, default_output_stride):
         + "        num_codes: int, K codewords of the context encoding (32).\n"
     )
     return register_model(
-        name, default_backbone="resnet50", default_output_stride=default_output_stride, tiny=tiny
+        name,
+        default_backbone="resnet50",
+        default_output_stride=default_output_stride,
+        tiny=tiny,
+        default_backbone_options=FASTFCN_BACKBONE,
     )(builder)
 
 
@@ -234,7 +241,11 @@ def _register_aspp(name, use_jpu, default_output_stride):
     )
     tiny = {**(TINY_JPU if use_jpu else TINY_HEAD), "aspp_rates": (1, 2, 3)}
     return register_model(
-        name, default_backbone="resnet50", default_output_stride=default_output_stride, tiny=tiny
+        name,
+        default_backbone="resnet50",
+        default_output_stride=default_output_stride,
+        tiny=tiny,
+        default_backbone_options=FASTFCN_BACKBONE,
     )(builder)
 
 
@@ -272,7 +283,11 @@ def _register_psp(name, use_jpu, default_output_stride):
     )
     tiny = TINY_JPU if use_jpu else TINY_HEAD
     return register_model(
-        name, default_backbone="resnet50", default_output_stride=default_output_stride, tiny=tiny
+        name,
+        default_backbone="resnet50",
+        default_output_stride=default_output_stride,
+        tiny=tiny,
+        default_backbone_options=FASTFCN_BACKBONE,
     )(builder)
 
 

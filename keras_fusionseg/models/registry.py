@@ -25,16 +25,27 @@ class ModelSpec:
     default_output_stride: int
     description: str
     tiny: dict  # `build` arguments for a narrow, fast variant (tests, smoke runs)
+    default_backbone_options: dict  # applied when the default backbone is used
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name, *, default_backbone, default_output_stride, tiny, description=""):
+def register_model(
+    name,
+    *,
+    default_backbone,
+    default_output_stride,
+    tiny,
+    default_backbone_options=None,
+    description="",
+):
     """Decorator registering `builder(backbone, *, num_classes, aux_outputs, **options)`.
 
     `tiny` holds `build` keyword arguments (backbone, backbone_options, head widths...) for a
     narrow variant that builds and trains in seconds; tests run every model through it.
+    `default_backbone_options` (e.g. the deep stem of the FastFCN reference) apply when the
+    caller keeps the default backbone; the caller's `backbone_options` override them key by key.
     """
 
     def decorator(builder):
@@ -42,7 +53,13 @@ def register_model(name, *, default_backbone, default_output_stride, tiny, descr
             raise ValueError(f"Model {name!r} is registered twice.")
         summary = description or (builder.__doc__ or "").strip().split("\n")[0]
         _MODELS[name] = ModelSpec(
-            name, builder, default_backbone, default_output_stride, summary, dict(tiny)
+            name,
+            builder,
+            default_backbone,
+            default_output_stride,
+            summary,
+            dict(tiny),
+            dict(default_backbone_options or {}),
         )
         return builder
 
@@ -113,7 +130,8 @@ def build(
         weights: optional path to a `.weights.h5` file of the whole model.
         backbone_weights: optional path to a pretrained backbone weight file (e.g. the
             Keras Applications ImageNet file), loaded by layer name.
-        backbone_options: dict of extra backbone arguments (e.g. `{"multi_grid": (1, 2, 4)}`).
+        backbone_options: dict of extra backbone arguments (e.g. `{"multi_grid": (1, 2, 4)}`),
+            merged over the model's `default_backbone_options` when `backbone` is None.
         aux_outputs: bool, return `{"logits": ..., aux...}` for auxiliary losses.
         **options: model-specific options (see each builder's docstring).
 
@@ -136,12 +154,13 @@ def build(
     else:
         output_stride = spec.default_output_stride if output_stride is None else output_stride
         check_output_stride(output_stride)
+        defaults = spec.default_backbone_options if backbone is None else {}
         backbone_model = build_backbone(
             backbone or spec.default_backbone,
             input_shape=input_shape,
             output_stride=output_stride,
             weights=backbone_weights,
-            **(backbone_options or {}),
+            **{**defaults, **(backbone_options or {})},
         )
     model = spec.builder(
         backbone_model, num_classes=num_classes, aux_outputs=aux_outputs, **options
