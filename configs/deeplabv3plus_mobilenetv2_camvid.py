@@ -54,6 +54,7 @@ def get_config():
     config.train.weight_decay = 4e-5
     config.train.class_weights = sqrt_median_frequency_weights(TRAIN_PIXEL_SHARES)
     config.train.bn_momentum = 0.99  # the models' 0.9997 is for 30k+ step schedules
+    config.train.bn_recalibration_batches = 20  # precise BN before validation
     config.train.backup_every_steps = 46
     config.train.validation_every_epochs = 5
     config.train.num_overlay_images = 3

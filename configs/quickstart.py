@@ -18,6 +18,7 @@ def get_config():
     config.train.learning_rate = 0.05
     config.train.warmup_steps = 20
     config.train.bn_momentum = 0.99  # the models' 0.9997 is for 30k+ step schedules
+    config.train.bn_recalibration_batches = 10  # precise BN before validation
     config.train.backup_every_steps = 80
     config.train.validation_every_epochs = 2
     return config

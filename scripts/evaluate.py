@@ -26,6 +26,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder (default runs/<
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A .keras model (default <workdir>/checkpoints/final.keras)."
 )
+_RECALIBRATE = flags.DEFINE_integer(
+    "bn_recalibration_batches",
+    0,
+    "> 0: re-estimate batch-norm statistics on this many training batches before evaluating "
+    "(see keras_fusionseg.training.batch_norm).",
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default <workdir>/eval_<mode>.")
 _STRATEGY = flags.DEFINE_enum(
     "strategy",
@@ -62,6 +68,11 @@ def main(argv):
             f"Checkpoint {checkpoint!r} does not exist; train first or pass --checkpoint."
         )
     model = keras.models.load_model(checkpoint, compile=False)
+    if _RECALIBRATE.value:
+        from keras_fusionseg.training.batch_norm import recalibrate_batch_norm
+
+        images = trainer.training_dataset(config, trainer.dataset_info(config), config.seed)
+        recalibrate_batch_norm(model, images, _RECALIBRATE.value)
     results = trainer.evaluate_config(config, model)
     evaluator.write_reports(results, output_dir, {"checkpoint": checkpoint})
     print(

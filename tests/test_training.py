@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 
 import keras
 import numpy as np
@@ -21,6 +22,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name):
+    if str(REPO) not in sys.path:  # configs import each other as `configs.<name>`
+        sys.path.insert(0, str(REPO))
     spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -142,9 +145,14 @@ def test_config_validation_names_the_problem(tmp_path):
         config_lib.validate_config(config, str(blocker / "run"))
 
 
-@pytest.mark.parametrize("name", ["quickstart", "smoke", "deeplabv3plus_mobilenetv2_camvid"])
+SHIPPED_CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_shipped_configs_have_every_field(name):
-    config_lib.check_fields(load_config(name), name)
+    config = load_config(name)
+    config_lib.check_fields(config, name)
+    assert models.get_model_spec(config.model.name).name == config.model.name
 
 
 def test_stop_on_nan_names_the_step():

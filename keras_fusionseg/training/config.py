@@ -63,6 +63,7 @@ def default_config():
     config.train.ohem_fraction = 1.0
     config.train.sync_batch_norm = False
     config.train.bn_momentum = 0.0  # > 0 overrides every BN layer's momentum (short runs)
+    config.train.bn_recalibration_batches = 0  # > 0: precise BN before each validation (1 replica)
     config.train.backup_every_steps = 50
     config.train.validation_every_epochs = 1
     config.train.validation_max_images = 0  # 0 = whole validation split
@@ -189,6 +190,13 @@ def validate_config(config, workdir=None, source="config"):
     if not 0 <= config.train.bn_momentum < 1:
         problems.append(
             f"train.bn_momentum must be in [0, 1), received {config.train.bn_momentum!r}"
+        )
+    if not isinstance(config.train.bn_recalibration_batches, int) or (
+        config.train.bn_recalibration_batches < 0
+    ):
+        problems.append(
+            "train.bn_recalibration_batches must be an integer >= 0, received "
+            f"{config.train.bn_recalibration_batches!r}"
         )
     if config.mixed_precision not in PRECISIONS:
         problems.append(

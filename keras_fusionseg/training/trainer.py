@@ -19,6 +19,7 @@ from keras_fusionseg.evaluation import evaluator
 from keras_fusionseg.evaluation.confusion import ConfusionMatrixMetric
 from keras_fusionseg.training import callbacks as callbacks_lib
 from keras_fusionseg.training import strategies
+from keras_fusionseg.training.batch_norm import RecalibrateBatchNorm, recalibrate_batch_norm
 from keras_fusionseg.training.config import validate_config
 from keras_fusionseg.training.losses import losses_from_loss_spec
 from keras_fusionseg.training.optimizers import PolyDecay, build_optimizer
@@ -134,21 +135,7 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
     # A resumed run draws new augmentations instead of replaying the first run's.
     data_seed = config.seed + (1000 * resumed[0] + resumed[1] + 1 if resumed else 0)
 
-    train_ds = data.training_pipeline(
-        load_split(config, config.data.train_split),
-        crop_size=tuple(config.data.crop_size),
-        batch_size=config.data.batch_size,
-        scale_range=tuple(config.data.scale_range) if config.data.scale_range else None,
-        flip=config.data.flip,
-        color_jitter=data.DEFAULT_COLOR_JITTER if config.data.color_jitter else None,
-        ignore_label=info.ignore_label,
-        seed=data_seed,
-        deterministic=config.deterministic,
-        drop_remainder=True,
-        shuffle_buffer=config.data.shuffle_buffer,
-        cache=config.data.cache,
-        repeat=True,
-    )
+    train_ds = training_dataset(config, info, data_seed)
     val_records = load_split(config, config.data.val_split)
     if config.train.validation_max_images:
         val_records = val_records.take(config.train.validation_max_images)
@@ -206,6 +193,13 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
             ),
             callbacks_lib.StopAtStep(stop_step),
         ]
+        recalibration = config.train.bn_recalibration_batches
+        if recalibration and strategy.num_replicas_in_sync > 1:
+            print("train.bn_recalibration_batches is for one replica; skipped.", flush=True)
+            recalibration = 0
+        if recalibration:
+            recalibration_images = train_ds.map(lambda images, *_: images)
+            callback_list.append(RecalibrateBatchNorm(recalibration_images, recalibration))
         start_step = callbacks_lib.ReportStartStep()  # after BackupAndRestore: sees the restore
         callback_list.insert(2, start_step)
         checkpoint_dir = os.path.join(workdir, "checkpoints")
@@ -244,6 +238,8 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
         steps_done = int(model.optimizer.iterations.numpy())
         if not chief:
             return {"train_steps": steps_done}
+        if recalibration:
+            recalibrate_batch_norm(model, recalibration_images, recalibration)
         final_path = os.path.join(checkpoint_dir, "final.keras")
         model.save(final_path)
         results = evaluate_config(config, model, info, verbose=config.train.verbose)
@@ -262,6 +258,25 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
         return results
     finally:
         keras.config.set_dtype_policy(previous_policy)
+
+
+def training_dataset(config, info, seed):
+    """The config's augmented, batched, repeating training pipeline."""
+    return data.training_pipeline(
+        load_split(config, config.data.train_split),
+        crop_size=tuple(config.data.crop_size),
+        batch_size=config.data.batch_size,
+        scale_range=tuple(config.data.scale_range) if config.data.scale_range else None,
+        flip=config.data.flip,
+        color_jitter=data.DEFAULT_COLOR_JITTER if config.data.color_jitter else None,
+        ignore_label=info.ignore_label,
+        seed=seed,
+        deterministic=config.deterministic,
+        drop_remainder=True,
+        shuffle_buffer=config.data.shuffle_buffer,
+        cache=config.data.cache,
+        repeat=True,
+    )
 
 
 def _overlay_examples(config, info, count):

@@ -1,0 +1,49 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_fusionseg.training.batch_norm import RecalibrateBatchNorm, recalibrate_batch_norm
+
+
+def bn_model():
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.BatchNormalization(momentum=0.9997)(inputs)
+    return keras.Model(inputs, keras.layers.BatchNormalization()(x))
+
+
+def test_recalibration_sets_exact_averages_of_batch_statistics(rng):
+    model = bn_model()
+    batches = [
+        rng.normal(loc=i, scale=1 + i, size=(5, 4, 4, 3)).astype("float32") for i in range(3)
+    ]
+    used = recalibrate_batch_norm(model, iter(batches + batches), num_batches=3)
+    assert used == 3
+    first = model.layers[1]
+    means = np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0)
+    variances = np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0)
+    np.testing.assert_allclose(first.moving_mean, means, rtol=1e-5)
+    np.testing.assert_allclose(first.moving_variance, variances, rtol=1e-4)
+    assert first.momentum == 0.9997  # restored
+    # the second layer saw normalised inputs: its averaged variance is close to 1
+    np.testing.assert_allclose(model.layers[2].moving_variance, 1.0, atol=0.05)
+
+
+def test_recalibration_accepts_image_label_pairs_and_checks_count(rng):
+    model = bn_model()
+    x = rng.normal(size=(2, 4, 4, 3)).astype("float32")
+    assert recalibrate_batch_norm(model, [(x, None)], num_batches=5) == 1
+    with pytest.raises(ValueError, match="num_batches"):
+        recalibrate_batch_norm(model, [x], num_batches=0)
+
+
+def test_callback_recalibrates_before_validation(rng):
+    model = bn_model()
+    model.compile(loss="mse")
+    x = (rng.normal(size=(8, 4, 4, 3)) * 3 + 2).astype("float32")
+    callback = RecalibrateBatchNorm([x[:4], x[4:]], num_batches=2)
+    model.evaluate(x, x, verbose=0, callbacks=[callback])
+    np.testing.assert_allclose(
+        model.layers[1].moving_mean,
+        np.mean([x[:4].mean(axis=(0, 1, 2)), x[4:].mean(axis=(0, 1, 2))], axis=0),
+        rtol=1e-5,
+    )
