@@ -47,3 +47,15 @@ def test_callback_recalibrates_before_validation(rng):
         np.mean([x[:4].mean(axis=(0, 1, 2)), x[4:].mean(axis=(0, 1, 2))], axis=0),
         rtol=1e-5,
     )
+
+
+def test_training_checkpoints_load_after_importing_the_package(tmp_path):
+    import keras_fusionseg  # noqa: F401  (registers layers, optimizer and schedule)
+    from keras_fusionseg.training.optimizers import PolyDecay, build_optimizer
+
+    model = bn_model()
+    model.compile(optimizer=build_optimizer("sgd", PolyDecay(0.1, 10), model=model), loss="mse")
+    model.fit(np.ones((2, 4, 4, 3), "float32"), np.ones((2, 4, 4, 3), "float32"), verbose=0)
+    model.save(tmp_path / "checkpoint.keras")
+    loaded = keras.models.load_model(tmp_path / "checkpoint.keras")
+    assert type(loaded.optimizer) is type(model.optimizer)
