@@ -30,6 +30,39 @@ flags.DEFINE_integer("num_classes", 21, "Number of classes.")
 flags.DEFINE_integer("warmup", 3, "Untimed runs per model before timing.")
 flags.DEFINE_integer("runs", 10, "Timed runs (batches of 1) per model.")
 flags.DEFINE_bool("count_macs", True, "Count multiply-adds (slow for big models).")
+flags.DEFINE_bool(
+    "keras_hub_peer",
+    False,
+    "Also time keras-hub's DeepLabV3+ on ResNet-50 (random init; needs `pip install keras-hub`), "
+    "the peer this project is compared with, in the same interleaved rounds.",
+)
+
+
+def keras_hub_peer(height, width, num_classes):
+    """keras-hub's DeepLabV3ImageSegmenter on its ResNet-50 v1 layout, random weights."""
+    import keras
+    import keras_hub
+
+    resnet = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 128, 256, 512],
+        stackwise_num_blocks=[3, 4, 6, 3],
+        stackwise_num_strides=[1, 2, 2, 2],
+        block_type="bottleneck_block",
+        use_pre_activation=False,
+        image_shape=(height, width, 3),
+    )
+    backbone = keras_hub.models.DeepLabV3Backbone(
+        image_encoder=resnet,
+        low_level_feature_key="P2",
+        spatial_pyramid_pooling_key="P5",
+        upsampling_size=8,
+        dilation_rates=[6, 12, 18],
+    )
+    segmenter = keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=num_classes)
+    inputs = keras.Input((height, width, 3))
+    return keras.Model(inputs, segmenter(inputs), name="keras_hub_deeplabv3plus")
 
 
 def describe(kwargs, spec):
@@ -85,6 +118,19 @@ def main(argv):
         )
         print(
             f"built {kwargs['name']} on {backbone} OS{output_stride}: {params:,} params", flush=True
+        )
+
+    if FLAGS.keras_hub_peer:
+        model = keras_hub_peer(height, width, FLAGS.num_classes)
+        image = tf.random.uniform((1, height, width, 3), 0, 255, seed=0)
+        function = tf.function(lambda x, m=model: m(x, training=False), autograph=False)
+        for _ in range(FLAGS.warmup):
+            function(image).numpy()
+        row = ("keras-hub DeepLabV3+ (peer)", "ResNet-50", 32, "keras-hub layout")
+        params = count_parameters(model)["total"]
+        macs = count_macs(model, (height, width)) if FLAGS.count_macs else None
+        entries.append(
+            {"row": (*row, params, macs), "function": function, "image": image, "times": []}
         )
 
     # Interleaved rounds: every model sees the same machine conditions.
