@@ -89,3 +89,27 @@ def test_default_backbone_options_apply_only_to_the_default_backbone(monkeypatch
     assert seen[1][1]["deep_stem"] is False and seen[1][1]["use_bias"] is False
     assert seen[2][0] == "resnet101" and "deep_stem" not in seen[2][1]
     assert models.get_model_spec("exfuse").default_backbone_options["depths"] == (8, 8, 9, 8)
+
+
+def hand_made_backbone(channels=(8, 8, 16, 16, 32)):
+    """A plain functional model following the keras-hub `pyramid_outputs` convention."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    pyramid = {}
+    for level, width in enumerate(channels, start=1):
+        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", activation="relu")(x)
+        pyramid[f"P{level}"] = x
+    model = keras.Model(inputs, pyramid)
+    model.pyramid_outputs = pyramid
+    model.output_stride = 32  # needed with unknown input sizes (ASPP rates, DUpsampling ratio)
+    return model
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_models_accept_a_foreign_backbone_with_pyramid_outputs(name, rng):
+    options = {
+        k: v for k, v in tiny_kwargs(name).items() if k not in ("backbone", "backbone_options")
+    }
+    model = models.build(name, num_classes=NUM_CLASSES, backbone=hand_made_backbone(), **options)
+    y = model(rng.uniform(0, 255, size=(1, 64, 96, 3)).astype("float32"))
+    assert y.shape == (1, 64, 96, NUM_CLASSES), name
