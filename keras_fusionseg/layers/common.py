@@ -20,7 +20,7 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"`{name}` must be one of {sorted(allowed)}, received {value!r}.")
 
 
-def _check_positive_int(name, value):
+def check_positive_int(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
 
@@ -160,7 +160,7 @@ class ConvBNReLU(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
+        check_positive_int("filters", filters)
         if strides > 1 and dilation_rate > 1:
             raise ValueError(
                 f"`strides` and `dilation_rate` cannot both exceed 1, received {strides} and {dilation_rate}."
@@ -277,7 +277,7 @@ class SeparableConvBN(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
+        check_positive_int("filters", filters)
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides

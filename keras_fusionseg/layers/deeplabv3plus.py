@@ -13,17 +13,13 @@ from keras_fusionseg.layers.common import (
     PACKAGE,
     ConvBNReLU,
     SeparableConvBN,
+    check_positive_int,
     resize_bilinear,
     static_or_dynamic_hw,
 )
 
 # The reference DeepLab code uses epsilon 1e-5 for the head's batch norms (1e-3 in Xception).
 HEAD_BN_EPSILON = 1e-5
-
-
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
 
 
 def _check_rates(atrous_rates):
@@ -108,7 +104,7 @@ class ASPP(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
+        check_positive_int("filters", filters)
         self.atrous_rates = _check_rates(atrous_rates)
         _check_rate("dropout", dropout)
         self.filters = filters
@@ -217,9 +213,9 @@ class DeepLabV3PlusDecoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("filters", filters)
-        _check_positive_int("low_level_filters", low_level_filters)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("filters", filters)
+        check_positive_int("low_level_filters", low_level_filters)
         self.num_classes = num_classes
         self.filters = filters
         self.low_level_filters = low_level_filters

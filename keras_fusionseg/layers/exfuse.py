@@ -13,17 +13,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fusionseg.layers.common import PACKAGE, resize_bilinear
+from keras_fusionseg.layers.common import PACKAGE, check_positive_int, resize_bilinear
 from keras_fusionseg.layers.dupsampling import crop_to_reference
 
 
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
-
-
 def _check_odd(name, value):
-    _check_positive_int(name, value)
+    check_positive_int(name, value)
     if value % 2 == 0:
         raise ValueError(f"`{name}` must be an odd positive integer, received {value!r}.")
 
@@ -55,7 +50,7 @@ class GlobalConvolution(keras.layers.Layer):
 
     def __init__(self, filters, kernel_size=DEFAULT_GCN_KERNEL_SIZE, use_bias=True, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
+        check_positive_int("filters", filters)
         _check_odd("kernel_size", kernel_size)
         self.filters = filters
         self.kernel_size = kernel_size
@@ -219,7 +214,7 @@ class ExplicitChannelResolutionEmbedding(keras.layers.Layer):
 
     def __init__(self, filters, kernel_size=3, use_bias=True, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
+        check_positive_int("filters", filters)
         _check_odd("kernel_size", kernel_size)
         self.filters = filters
         self.kernel_size = kernel_size
@@ -334,7 +329,7 @@ class UpsampleBilinear(keras.layers.Layer):
 
     def __init__(self, factor=2, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("factor", factor)
+        check_positive_int("factor", factor)
         self.factor = factor
 
     def call(self, x):

@@ -15,6 +15,7 @@ from keras_fusionseg.layers.common import (
     PACKAGE,
     ConvBNReLU,
     SeparableConvBN,
+    check_positive_int,
     resize_bilinear,
     static_or_dynamic_hw,
 )
@@ -22,11 +23,6 @@ from keras_fusionseg.layers.common import (
 # PyTorch-style BN settings of the FastFCN reference.
 HEAD_BN_MOMENTUM = 0.9
 HEAD_BN_EPSILON = 1e-5
-
-
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -64,7 +60,7 @@ class JointPyramidUpsampling(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("width", width)
+        check_positive_int("width", width)
         if (
             not isinstance(dilation_rates, list | tuple)
             or not dilation_rates
@@ -183,9 +179,9 @@ class ContextEncoding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("num_codes", num_codes)
+        check_positive_int("num_codes", num_codes)
         if num_classes is not None:
-            _check_positive_int("num_classes", num_classes)
+            check_positive_int("num_classes", num_classes)
         self.num_codes = num_codes
         self.num_classes = num_classes
         self.bn_momentum = bn_momentum

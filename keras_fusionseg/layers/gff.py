@@ -11,6 +11,7 @@ import tensorflow as tf
 from keras_fusionseg.layers.common import (
     PACKAGE,
     ConvBNReLU,
+    check_positive_int,
     resize_bilinear,
     static_or_dynamic_hw,
 )
@@ -18,11 +19,6 @@ from keras_fusionseg.layers.common import (
 # PyTorch-style BN settings of the GFF / PSPNet reference heads.
 HEAD_BN_MOMENTUM = 0.9
 HEAD_BN_EPSILON = 1e-5
-
-
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
 
 
 def _check_bins(bins):
@@ -109,7 +105,7 @@ class PyramidPooling(keras.layers.Layer):
         super().__init__(**kwargs)
         self.bins = _check_bins(bins)
         if reduction_filters is not None:
-            _check_positive_int("reduction_filters", reduction_filters)
+            check_positive_int("reduction_filters", reduction_filters)
         self.reduction_filters = reduction_filters
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
@@ -289,8 +285,8 @@ class DenseFeaturePyramid(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_positive_int("kernel_size", kernel_size)
+        check_positive_int("filters", filters)
+        check_positive_int("kernel_size", kernel_size)
         self.filters = filters
         self.kernel_size = kernel_size
         self.bn_momentum = bn_momentum
