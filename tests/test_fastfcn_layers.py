@@ -77,11 +77,14 @@ def test_jpu_rejects_bad_arguments():
 
 
 def context_encoding_numpy(x, layer):
-    """EncNet: a_ik = softmax_k(s_k ||x_i - d_k||^2), e_k = sum_i a_ik (x_i - d_k), ..."""
-    x = ref.conv_bn_relu(x, layer.projection)
-    b, h, w, c = x.shape
+    """EncNet: a_ik = softmax_k(s_k ||x_i - d_k||^2), e_k = sum_i a_ik (x_i - d_k), ...
+
+    The 1x1 conv feeds only the encoding; the attention scales the module's input `x`.
+    """
+    projected = ref.conv_bn_relu(x, layer.projection)
+    b, h, w, c = projected.shape
     codes, s = layer.codewords.numpy(), layer.smoothing_factors.numpy()
-    vectors = x.reshape(b, h * w, c)
+    vectors = projected.reshape(b, h * w, c)
     residuals = vectors[:, :, None, :] - codes[None, None]  # (B, N, K, C)
     logits = s * np.sum(residuals**2, axis=-1)
     logits -= logits.max(axis=-1, keepdims=True)
@@ -103,6 +106,19 @@ def test_context_encoding_matches_numpy(rng):
     want_features, want_presence = context_encoding_numpy(x, layer)
     np.testing.assert_allclose(features.numpy(), want_features, atol=1e-5)
     np.testing.assert_allclose(presence.numpy(), want_presence, atol=1e-5)
+
+
+def test_context_encoding_attention_passes_negative_inputs_of_the_module(rng):
+    """relu(x + x * gamma) with gamma in (0, 1) keeps the sign of the *input*: a negative
+    input stays zero and a positive one grows, whatever the projection does."""
+    x = rng.normal(size=(1, 4, 4, 6)).astype("float32")
+    layer = ContextEncoding(num_codes=3)
+    layer(x)
+    ref.randomize_weights(layer, rng)
+    got = layer(x, training=False).numpy()
+    assert np.all(got[x <= 0] == 0)
+    positive = x > 0
+    assert np.all(got[positive] >= x[positive]) and np.all(got[positive] <= 2 * x[positive])
 
 
 def test_context_encoding_shapes_unknown_size_and_roundtrip(tmp_path, rng):

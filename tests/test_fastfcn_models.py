@@ -11,11 +11,26 @@ FASTFCN_FAMILY = ["encnet", "fastfcn_encnet", "dilated_aspp", "fastfcn_aspp", "f
 
 
 def test_jpu_replaces_dilation_at_exactly_the_reference_jpu_cost():
-    """Same ResNet-50 weights at OS8 or OS32: FastFCN adds exactly the JPU's parameters."""
+    """Same ResNet-50 weights at OS8 or OS32: FastFCN adds exactly the JPU's parameters,
+    and its EncNet head reduces 2048 -> 512 with a 1x1 conv where EncNet uses a 3x3."""
     dilated = models.build("encnet", num_classes=59)
     fast = models.build("fastfcn_encnet", num_classes=59)
     assert fast.get_layer("jpu").count_params() == 19_755_008
-    assert fast.count_params() - dilated.count_params() == 19_755_008
+    reduce_3x3_minus_1x1 = 2048 * 512 * (9 - 1)
+    assert fast.count_params() - dilated.count_params() == 19_755_008 - reduce_3x3_minus_1x1
+
+
+@pytest.mark.parametrize(("name", "kernel"), [("encnet", 3), ("fastfcn_encnet", 1)])
+def test_encnet_head_reduction_kernel_follows_the_reference(name, kernel):
+    """EncNet head: 3x3 conv to 512 on the dilated backbone, 1x1 after JPU (option to swap)."""
+    tiny = models.get_model_spec(name).tiny
+    model = models.build(name, num_classes=3, **tiny)
+    assert model.get_layer("encoding_reduce").conv.kernel.shape[:2] == (kernel, kernel)
+    other = 4 - kernel
+    swapped = models.build(name, num_classes=3, reduce_kernel_size=other, **tiny)
+    assert swapped.get_layer("encoding_reduce").conv.kernel.shape[:2] == (other, other)
+    with pytest.raises(ValueError, match="`reduce_kernel_size`.*received 5"):
+        models.build(name, num_classes=3, reduce_kernel_size=5, **tiny)
 
 
 @pytest.mark.parametrize("name", FASTFCN_FAMILY)

@@ -148,11 +148,13 @@ class ContextEncoding(keras.layers.Layer):
     """Context encoding module: codeword encoding, channel attention and the SE-loss branch.
 
     EncNet (Zhang et al., CVPR 2018) Sec. 3.1-3.2 and Fig. 2, as used after JPU by FastFCN.
-    The input goes through a 1x1 conv-BN-ReLU; for the N = H*W feature vectors x_i and K
-    learnable codewords d_k with smoothing factors s_k (eq. 1-2):
+    Encoding branch: a 1x1 conv-BN-ReLU gives the N = H*W feature vectors x_i; with K
+    learnable codewords d_k and smoothing factors s_k (eq. 1-2):
     a_ik = softmax_k(s_k * ||x_i - d_k||^2) (s_k starts negative), e_k = sum_i a_ik (x_i - d_k);
     then BN over the K codewords, ReLU, and the mean over k gives the encoded vector e.
-    Channel attention (Sec. 3.2): gamma = sigmoid(W e + b), output relu(x + x * gamma).
+    Channel attention (Sec. 3.2): gamma = sigmoid(W e + b) scales the module's *input* u, not
+    the projected features: output relu(u + u * gamma), as in the EncNet/FastFCN reference,
+    where the 1x1 conv belongs to the encoding branch only.
     The SE-loss branch (Sec. 3.2, "semantic encoding loss") is a dense layer from e to
     `num_classes` class-presence logits.
 
@@ -244,8 +246,7 @@ class ContextEncoding(keras.layers.Layer):
         return weighted - mass * codewords[None]
 
     def call(self, x, training=None):
-        x = self.projection(x, training=training)
-        encoded = self.encode(x)
+        encoded = self.encode(self.projection(x, training=training))
         encoded = tf.nn.relu(self.encoding_bn(encoded, training=training))
         encoded = tf.reduce_mean(encoded, axis=1)  # (B, C)
         gamma = self.attention(encoded)[:, None, None, :]

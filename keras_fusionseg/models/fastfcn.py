@@ -70,14 +70,25 @@ def _encoding_model(
     jpu_width,
     head_width,
     num_codes,
+    reduce_kernel_size,
     aux_width,
     dropout,
     loss_weights,
 ):
-    """EncNet head (FastFCN reference): 1x1 conv-BN-ReLU, context encoding, dropout, 1x1."""
+    """EncNet head: conv-BN-ReLU to `head_width`, context encoding, dropout, 1x1.
+
+    The reference reduces with a 3x3 conv on the dilated backbone (the original EncNet) and
+    with a 1x1 conv after JPU; `reduce_kernel_size=None` picks that.
+    """
     _check_common(head_width, aux_width, dropout)
+    if reduce_kernel_size is None:
+        reduce_kernel_size = 1 if use_jpu else 3
+    elif reduce_kernel_size not in (1, 3) or isinstance(reduce_kernel_size, bool):
+        raise ValueError(
+            f"`reduce_kernel_size` must be None, 1 or 3, received {reduce_kernel_size!r}."
+        )
     x = _features(backbone, use_jpu, jpu_width, name)
-    x = conv_bn_relu(head_width, 1, "encoding_reduce")(x)
+    x = conv_bn_relu(head_width, reduce_kernel_size, "encoding_reduce")(x)
     x, presence = ContextEncoding(
         num_codes=num_codes,
         num_classes=num_classes,
@@ -165,6 +176,7 @@ def _register_encoding(name, use_jpu, default_output_stride):
         jpu_width=512,
         head_width=512,
         num_codes=32,
+        reduce_kernel_size=None,
         aux_width=256,
         dropout=0.1,
         loss_weights=None,
@@ -178,6 +190,7 @@ def _register_encoding(name, use_jpu, default_output_stride):
             jpu_width=jpu_width,
             head_width=head_width,
             num_codes=num_codes,
+            reduce_kernel_size=reduce_kernel_size,
             aux_width=aux_width,
             dropout=dropout,
             loss_weights=loss_weights or FASTFCN_LOSS_WEIGHTS,
@@ -192,6 +205,8 @@ def _register_encoding(name, use_jpu, default_output_stride):
         f'{kind} + EncNet head (context encoding, SE-loss output `"se"`).\n'
         + _ARGS.format(se=', and `"se"`: class-presence logits (SE loss)')
         + "        num_codes: int, K codewords of the context encoding (32).\n"
+        + "        reduce_kernel_size: None, 1 or 3, kernel of the conv to `head_width` before\n"
+        + "            the encoding; None = the reference's (3 without JPU, 1 after JPU).\n"
     )
     return register_model(
         name,
