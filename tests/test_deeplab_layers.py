@@ -51,16 +51,13 @@ def relu(x):
     return np.maximum(x, 0.0)
 
 
-def np_conv_bn_relu(x, layer):
-    return relu(np_bn(np_conv(x, layer.conv.kernel.numpy(), layer.dilation_rate), layer.bn))
+def np_conv_bn_relu(x, layer, rate=1):
+    """Reads only weights from `layer`; the dilation rate comes from the caller."""
+    return relu(np_bn(np_conv(x, layer.conv.kernel.numpy(), rate), layer.bn))
 
 
-def np_separable(x, layer):
-    y = relu(
-        np_bn(
-            np_depthwise(x, layer.depthwise.kernel.numpy(), layer.dilation_rate), layer.depthwise_bn
-        )
-    )
+def np_separable(x, layer, rate=1):
+    y = relu(np_bn(np_depthwise(x, layer.depthwise.kernel.numpy(), rate), layer.depthwise_bn))
     return relu(np_bn(np_conv(y, layer.pointwise.kernel.numpy()), layer.pointwise_bn))
 
 
@@ -84,25 +81,31 @@ def np_resize_bilinear(x, out_h, out_w):
     )
 
 
-def np_aspp(x, layer):
-    """DeepLabv3 Sec. 3.3: [pool, 1x1, atrous 3x3 ...] -> concat -> 1x1 projection."""
+def np_aspp(x, layer, rates, separable):
+    """DeepLabv3 Sec. 3.3: [pool, 1x1, atrous 3x3 ...] -> concat -> 1x1 projection.
+
+    `rates` and `separable` are the arguments the test built the layer with, never read back
+    from the layer, so a branch that ignores its rate cannot agree with the reference.
+    """
     n, h, w, _ = x.shape
     pooled = np_conv_bn_relu(x.mean(axis=(1, 2), keepdims=True), layer.pooling_conv)
     branches = [
         np.broadcast_to(pooled, (n, h, w, pooled.shape[-1])),
         np_conv_bn_relu(x, layer.conv1x1),
     ]
-    for conv in layer.atrous_convs:
-        branches.append(np_separable(x, conv) if layer.separable else np_conv_bn_relu(x, conv))
+    assert len(layer.atrous_convs) == len(rates)
+    for conv, rate in zip(layer.atrous_convs, rates, strict=True):
+        branch = np_separable if separable else np_conv_bn_relu
+        branches.append(branch(x, conv, rate))
     return np_conv_bn_relu(np.concatenate(branches, axis=-1), layer.projection)
 
 
-def np_decoder(encoder, low, layer):
+def np_decoder(encoder, low, layer, separable):
     """DeepLabv3+ Sec. 3.1: [resize(encoder), 1x1(low)] -> two 3x3 -> 1x1 logits with bias."""
     low = np_conv_bn_relu(low, layer.low_level_projection)
     y = np.concatenate([np_resize_bilinear(encoder, *low.shape[1:3]), low], axis=-1)
     for conv in layer.refine_convs:
-        y = np_separable(y, conv) if layer.separable else np_conv_bn_relu(y, conv)
+        y = np_separable(y, conv) if separable else np_conv_bn_relu(y, conv)
     return np_conv(y, layer.classifier.kernel.numpy()) + layer.classifier.bias.numpy()
 
 
@@ -129,12 +132,17 @@ def roundtrip(layer, inputs):
 @pytest.mark.parametrize("separable", [False, True])
 def test_aspp_matches_numpy_reference(separable, rng):
     x = rng.normal(size=(2, 9, 11, 5)).astype("float32")
-    layer = ASPP(filters=6, atrous_rates=(1, 2, 4), separable=separable)
+    rates = (1, 2, 4)
+    layer = ASPP(filters=6, atrous_rates=rates, separable=separable)
     layer(x)
     randomize_batch_norms(layer, rng)
     y = layer(x, training=False)
     assert tuple(y.shape) == (2, 9, 11, 6)
-    np.testing.assert_allclose(y, np_aspp(x.astype("float64"), layer), atol=1e-5, rtol=1e-5)
+    expected = np_aspp(x.astype("float64"), layer, rates, separable)
+    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-5)
+    # The rates matter at this size: the same weights without dilation differ.
+    undilated = np_aspp(x.astype("float64"), layer, (1, 1, 1), separable)
+    assert np.abs(undilated - expected).max() > 1e-2
 
 
 def test_aspp_image_pooling_branch_is_constant_over_space(rng):
@@ -218,7 +226,7 @@ def test_decoder_matches_numpy_reference(separable, rng):
     layer.classifier.bias.assign(rng.normal(size=3))
     y = layer([encoder, low], training=False)
     assert tuple(y.shape) == (2, 9, 14, 3)
-    expected = np_decoder(encoder.astype("float64"), low.astype("float64"), layer)
+    expected = np_decoder(encoder.astype("float64"), low.astype("float64"), layer, separable)
     np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -102,6 +102,41 @@ def test_aspp_rates_follow_the_output_stride(output_stride, rates):
     assert explicit.get_layer("aspp").atrous_rates == (1, 2)
 
 
+def tap_offsets(branch, channels, size=41):
+    """Row offsets from the centre where a branch responds to a point impulse.
+
+    Measured on the built branch, so it shows the dilation the convolution really applies.
+    Impulses of both signs: a ReLU cannot hide a tap whose weights are all of one sign.
+    """
+    centre = size // 2
+    zeros = np.zeros((1, size, size, channels), "float32")
+    base = branch(zeros, training=False).numpy()
+    rows = set()
+    for sign in (1.0, -1.0):
+        impulse = zeros.copy()
+        impulse[0, centre, centre, 0] = sign * 10.0
+        diff = np.abs(branch(impulse, training=False).numpy() - base).sum(axis=(0, 2, 3))
+        rows.update(int(r) - centre for r in np.flatnonzero(diff > 1e-6))
+    return sorted(rows)
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_aspp_branches_apply_the_rates_of_the_output_stride(separable):
+    # Rates (6, 12, 18) at output stride 16: DeepLabv3 Sec. 3.3. Read from the built
+    # convolutions' responses, not from the `atrous_rates` attribute.
+    model = models.build(
+        "deeplabv3",
+        num_classes=2,
+        backbone=toy_backbone(16),
+        aspp_filters=4,
+        separable=separable,
+    )
+    aspp = model.get_layer("aspp")
+    assert len(aspp.atrous_convs) == 3
+    for branch, rate in zip(aspp.atrous_convs, (6, 12, 18), strict=True):
+        assert tap_offsets(branch, channels=12) == [-rate, 0, rate]
+
+
 def test_output_stride_read_from_static_shapes_of_foreign_backbones():
     backbone = toy_backbone(8, with_attributes=False, input_shape=(64, 64, 3))
     model = models.build("deeplabv3", num_classes=2, backbone=backbone, aspp_filters=4)

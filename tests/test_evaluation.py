@@ -24,6 +24,18 @@ def window_mean_model(channels=2):
     return keras.Model(inputs, keras.layers.Subtract()([inputs, mean]))
 
 
+def column_ramp_model(channels=2):
+    """Logits = input + (column index) * (0, 1, ...): not mirror-symmetric."""
+    inputs = keras.Input((None, None, channels))
+
+    def add_ramp(x):
+        width = keras.ops.shape(x)[2]
+        columns = keras.ops.cast(keras.ops.arange(width), x.dtype)[None, None, :, None]
+        return x + columns * keras.ops.arange(channels, dtype=x.dtype)
+
+    return keras.Model(inputs, keras.layers.Lambda(add_ramp)(inputs))
+
+
 def softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -102,6 +114,21 @@ def test_multiscale_averages_probabilities_over_scales():
     ) / 2
     probs = inference.predict_multiscale(predictor, image, scales=(1.0, 0.5), flip=False)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def test_multiscale_flip_averages_the_mirrored_copy(rng):
+    # The ramp model sees column j of the image at column W-1-j of the mirrored copy, so a
+    # flip that is dropped, or not mirrored back, changes the average.
+    image = rng.normal(size=(3, 5, 2)).astype("float32")
+    predictor = inference.Predictor(column_ramp_model())
+    ramp = np.arange(5, dtype="float32")[None, :, None] * np.array([0.0, 1.0], "float32")
+    plain = softmax(image + ramp)
+    mirrored = softmax(image[:, ::-1] + ramp)[:, ::-1]
+    assert np.abs(plain - mirrored).max() > 0.1  # the test model is asymmetric
+    probs = inference.predict_multiscale(predictor, image, scales=(1.0,), flip=True)
+    np.testing.assert_allclose(probs, (plain + mirrored) / 2, atol=1e-6)
+    probs = inference.predict_multiscale(predictor, image, scales=(1.0,), flip=False)
+    np.testing.assert_allclose(probs, plain, atol=1e-6)
 
 
 def test_window_starts_cover_the_image():

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -50,12 +53,27 @@ def test_callback_recalibrates_before_validation(rng):
 
 
 def test_training_checkpoints_load_after_importing_the_package(tmp_path):
-    import keras_fusionseg  # noqa: F401  (registers layers, optimizer and schedule)
+    # The side effect under test is an import's: this process has imported everything
+    # already, so the checkpoint is loaded in a fresh interpreter that imports only the
+    # top-level package.
     from keras_fusionseg.training.optimizers import PolyDecay, build_optimizer
 
     model = bn_model()
     model.compile(optimizer=build_optimizer("sgd", PolyDecay(0.1, 10), model=model), loss="mse")
     model.fit(np.ones((2, 4, 4, 3), "float32"), np.ones((2, 4, 4, 3), "float32"), verbose=0)
-    model.save(tmp_path / "checkpoint.keras")
-    loaded = keras.models.load_model(tmp_path / "checkpoint.keras")
-    assert type(loaded.optimizer) is type(model.optimizer)
+    path = tmp_path / "checkpoint.keras"
+    model.save(path)
+    script = (
+        "import sys, keras, keras_fusionseg\n"
+        "loaded = keras.models.load_model(sys.argv[1])\n"
+        "print(type(loaded.optimizer).__module__, type(loaded.optimizer).__name__)\n"
+        "print(type(loaded.optimizer._learning_rate).__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.split("\n")
+    module_and_name = f"{type(model.optimizer).__module__} {type(model.optimizer).__name__}"
+    assert module_and_name in lines
+    assert "PolyDecay" in lines  # the schedule came back as itself, not as a float

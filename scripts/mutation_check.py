@@ -1,0 +1,189 @@
+"""Mutation check: does the test suite notice hand-written bugs?
+
+Each mutant replaces one exact piece of library source by a plausible bug. For every mutant the
+repository (library, tests, configs, scripts) is copied to a temporary directory, the bug is
+applied to the copy only, and the test files that guard that code are run against the copy. A
+mutant is *killed* when those tests fail, *survives* when they pass. A mutant whose original
+text is no longer in the source is reported as *stale* (the code moved on: update the mutant).
+
+Usage:
+    python scripts/mutation_check.py                 # every mutant
+    python scripts/mutation_check.py --list          # names and guarding test files
+    python scripts/mutation_check.py --only aspp_rate_ignored flip_dropped
+    python scripts/mutation_check.py --baseline      # also check the unmutated copy passes
+
+Exit status: 0 when every mutant is killed, 1 otherwise.
+"""
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+COPIED = ("keras_fusionseg", "tests", "configs", "scripts", "pyproject.toml", "setup.cfg")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # library file, relative to the repository root
+    original: str  # must occur exactly once in that file
+    mutated: str
+    tests: tuple  # test files (or node ids) expected to kill it
+    why: str
+
+
+MUTANTS = (
+    Mutant(
+        "flip_dropped",
+        "keras_fusionseg/evaluation/inference.py",
+        "([(tf.reverse(scaled, axis=[2]), True)] if flip else [])",
+        "([] if flip else [])",
+        ("tests/test_evaluation.py",),
+        "multi-scale + flip evaluation silently drops the mirrored copy",
+    ),
+    Mutant(
+        "flip_not_mirrored_back",
+        "keras_fusionseg/evaluation/inference.py",
+        "            if flipped:\n                probs = tf.reverse(probs, axis=[2])\n",
+        "",
+        ("tests/test_evaluation.py",),
+        "the mirrored copy's probabilities are averaged without un-flipping them",
+    ),
+    Mutant(
+        "aspp_rate_ignored",
+        "keras_fusionseg/layers/deeplabv3plus.py",
+        "_conv3x3(filters, rate, self.separable,",
+        "_conv3x3(filters, 1, self.separable,",
+        ("tests/test_deeplab_layers.py", "tests/test_deeplab_models.py"),
+        "ASPP's 3x3 branches ignore their atrous rate",
+    ),
+    Mutant(
+        "package_import_skips_training",
+        "keras_fusionseg/__init__.py",
+        "from keras_fusionseg import backbones, data, evaluation, layers, models, training",
+        "from keras_fusionseg import backbones, data, evaluation, layers, models",
+        ("tests/test_training_batch_norm.py",),
+        "importing the package no longer registers the optimizer and schedule",
+    ),
+    Mutant(
+        "ignore_label_counted",
+        "keras_fusionseg/evaluation/confusion.py",
+        "keep = tf.not_equal(labels, ignore_label)",
+        "keep = tf.not_equal(labels, -1)",
+        ("tests/test_evaluation.py",),
+        "void pixels are counted in the confusion matrix",
+    ),
+)
+
+
+def copy_repo(destination):
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(
+                source,
+                destination / name,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "runs", ".pytest_cache"),
+            )
+        elif source.exists():
+            shutil.copy2(source, destination / name)
+
+
+def apply(mutant, root):
+    """Applies `mutant` to the copy at `root`; False when its original text is missing."""
+    path = root / mutant.path
+    text = path.read_text()
+    if text.count(mutant.original) != 1:
+        return False
+    path.write_text(text.replace(mutant.original, mutant.mutated))
+    return True
+
+
+def run_tests(root, tests, timeout):
+    """pytest exit code of `tests` run against the copy at `root` (None on timeout)."""
+    env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2")
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
+    command += ["-p", "no:xdist", *tests]
+    try:
+        result = subprocess.run(
+            command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return None, ""
+    return result.returncode, result.stdout[-2000:]
+
+
+def imports_from(root):
+    """The package file a test run in `root` imports (guards against testing the original)."""
+    env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2")
+    code = "import keras_fusionseg.evaluation as e; print(e.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--baseline", action="store_true", help="first run each test set unmutated")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant")
+    parser.add_argument("--verbose", action="store_true", help="print pytest's tail per mutant")
+    args = parser.parse_args(argv)
+
+    mutants = MUTANTS
+    if args.only:
+        unknown = sorted(set(args.only) - {m.name for m in MUTANTS})
+        if unknown:
+            parser.error(f"unknown mutants {unknown}; known: {[m.name for m in MUTANTS]}")
+        mutants = tuple(m for m in MUTANTS if m.name in args.only)
+    if args.list:
+        for m in mutants:
+            print(f"{m.name:32s} {m.path}\n{'':32s} {m.why}; tests: {' '.join(m.tests)}")
+        return 0
+
+    outcomes = {}
+    with tempfile.TemporaryDirectory(prefix="mutation_check_") as tmp:
+        tmp = pathlib.Path(tmp)
+        if args.baseline:
+            clean = tmp / "baseline"
+            copy_repo(clean)
+            for tests in sorted({m.tests for m in mutants}):
+                code, tail = run_tests(clean, tests, args.timeout)
+                if code != 0:
+                    print(f"baseline fails for {' '.join(tests)} (exit {code}):\n{tail}")
+                    return 1
+            print("baseline: every test set passes unmutated")
+        for m in mutants:
+            root = tmp / m.name
+            copy_repo(root)
+            expected = str(root / "keras_fusionseg" / "evaluation" / "__init__.py")
+            if imports_from(root) != expected:
+                print(f"the copy at {root} does not shadow the installed package")
+                return 1
+            start = time.monotonic()
+            if not apply(m, root):
+                outcome, tail = "stale", ""
+            else:
+                code, tail = run_tests(root, m.tests, args.timeout)
+                outcome = {0: "SURVIVED", 1: "killed", None: "timeout"}.get(code, f"error {code}")
+            outcomes[m.name] = outcome
+            print(f"{m.name:32s} {outcome:10s} {time.monotonic() - start:6.0f}s  {m.why}")
+            if args.verbose and tail:
+                print(tail)
+            shutil.rmtree(root, ignore_errors=True)
+    killed = sum(o == "killed" for o in outcomes.values())
+    print(f"mutants killed: {killed}/{len(outcomes)}")
+    return 0 if killed == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
