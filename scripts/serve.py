@@ -1,13 +1,15 @@
-"""Serves an exported SavedModel over HTTP with the TF Serving REST predict API (local use).
+"""Serves an exported SavedModel over HTTP with the TF Serving REST predict API.
 
+    pip install -e ".[serve]"     # waitress
     python scripts/serve.py --saved_model=exported/m/saved_model --model_name=shapes
     curl localhost:8501/v1/models/shapes
-    curl -d '{"instances": [{"b64": "'$(base64 -w0 image.png)'"}]}' \
-        localhost:8501/v1/models/shapes:predict
+    printf '{"instances": [{"b64": "%s"}]}' "$(base64 -w0 image.png)" > request.json
+    curl -d @request.json localhost:8501/v1/models/shapes:predict
 
-Binds to 127.0.0.1 unless --host says otherwise. For production, serve the same SavedModel
-with TF Serving (`tensorflow/serving` image, `--model_base_path=/models/<name>` holding
-`1/` = the SavedModel): clients need no change.
+The model runs once before the server reports itself ready; a model that cannot run here
+stops the script with TensorFlow's error. Binds to 127.0.0.1 unless --host says otherwise
+(`--host=::1` for IPv6 loopback). TF Serving serves the same SavedModel with no client change
+(`tensorflow/serving` image, `--model_base_path=/models/<name>` holding `1/` = the SavedModel).
 """
 
 import os
@@ -24,7 +26,18 @@ _HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (loopback by
 _PORT = flags.DEFINE_integer("port", 8501, "Port (8501 is TF Serving's REST port; 0 = any).")
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 2048 * 2048, "Largest height*width accepted.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 16, "Most images per request.")
-_MAX_BODY_MB = flags.DEFINE_float("max_body_mb", 64.0, "Largest request body.")
+_MAX_BODY_MB = flags.DEFINE_float("max_body_mb", 64.0, "Largest request body (larger: 413).")
+_THREADS = flags.DEFINE_integer("threads", 4, "Worker threads answering requests.")
+_MAX_CONCURRENT = flags.DEFINE_integer(
+    "max_concurrent", 2, "Requests decoded and predicted at once (bounds memory)."
+)
+_CONNECTION_LIMIT = flags.DEFINE_integer(
+    "connection_limit", 500, "Most open connections; more wait in the listen backlog."
+)
+_BACKLOG = flags.DEFINE_integer("backlog", 1024, "Listen backlog.")
+_CHANNEL_TIMEOUT = flags.DEFINE_integer(
+    "channel_timeout", 30, "Seconds of client inactivity before a connection is closed."
+)
 _STOP_AFTER = flags.DEFINE_float(
     "stop_after_seconds", 0, "Stop by itself after this many seconds (0 = run until Ctrl-C)."
 )
@@ -44,27 +57,28 @@ def main(argv):
         _MODEL_NAME.value,
         max_pixels=_MAX_PIXELS.value,
         max_batch=_MAX_BATCH.value,
+        max_concurrent=_MAX_CONCURRENT.value,
     )
     server = make_server(
         service,
         _HOST.value,
         _PORT.value,
         max_body_bytes=int(_MAX_BODY_MB.value * 2**20),
+        threads=_THREADS.value,
+        backlog=_BACKLOG.value,
+        connection_limit=_CONNECTION_LIMIT.value,
+        channel_timeout=_CHANNEL_TIMEOUT.value,
         verbose=True,
     )
-    host, port = server.server_address[:2]
     print(
-        f"Serving {_MODEL_NAME.value!r} at http://{host}:{port}/v1/models/{_MODEL_NAME.value}",
-        flush=True,
+        f"Serving {_MODEL_NAME.value!r} at {server.url}/v1/models/{_MODEL_NAME.value}", flush=True
     )
     if _STOP_AFTER.value > 0:
         threading.Timer(_STOP_AFTER.value, server.shutdown).start()
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever()
     except KeyboardInterrupt:
         pass
-    finally:
-        server.server_close()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
-"""The TF Serving REST endpoint: real HTTP on loopback, concurrent requests, errors as 400."""
+"""The TF Serving REST endpoint: real HTTP on loopback, concurrent requests, errors as 4xx.
+
+Load, stalled clients, hostile uploads and memory run against `scripts/serve.py` in a
+subprocess: tests/test_serve_load.py.
+"""
 
 import base64
 import concurrent.futures
+import contextlib
 import http.client
 import io
 import json
 import re
+import socket
+import threading
 
 import numpy as np
 import pytest
@@ -134,8 +141,13 @@ def test_bad_requests_get_400_and_server_keeps_serving(server, request_body, mes
 
 
 def test_oversized_body_and_oversized_b64_image(server):
-    status, body = _request(server, "POST", f"/v1/models/{MODEL}:predict", b"x" * (3 << 20))
-    assert status == 400 and "bytes" in body["error"]
+    connection = http.client.HTTPConnection(server, timeout=60)
+    try:  # waitress answers 413 before reading the body; the upload may then be cut short
+        connection.request("POST", f"/v1/models/{MODEL}:predict", body=b"x" * (3 << 20))
+    except OSError:
+        pass
+    assert connection.getresponse().status == 413
+    connection.close()
     big = np.zeros((200, 100, 3), np.uint8)
     status, body = _request(
         server, "POST", f"/v1/models/{MODEL}:predict", {"instances": [{"b64": _png_b64(big)}]}
@@ -176,3 +188,123 @@ def test_server_binds_loopback_and_stops(service):
 def test_service_rejects_bad_model_name(service):
     with pytest.raises(ValueError, match="model_name"):
         PredictionService("unused", "bad name/")
+
+
+def test_chunked_body_is_accepted(server, service, rng):
+    image = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    payload = json.dumps({"instances": [{"b64": _png_b64(image)}]}).encode()
+    pieces = (payload[k : k + 100] for k in range(0, len(payload), 100))
+    connection = http.client.HTTPConnection(server, timeout=60)
+    try:
+        connection.request("POST", f"/v1/models/{MODEL}:predict", body=pieces, encode_chunked=True)
+        response = connection.getresponse()
+        body = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 200, body
+    np.testing.assert_array_equal(body["predictions"][0]["class_ids"], _expected(service, image))
+
+
+def _raw_status(address, request, timeout=20):
+    """Sends raw bytes while reading the answer; returns (status, body).
+
+    Sending runs in a thread because the server may answer and close before taking the whole
+    upload; `Connection: close` is assumed.
+    """
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+
+        def send():
+            with contextlib.suppress(OSError):
+                for k in range(0, len(request), 1 << 16):
+                    sock.sendall(request[k : k + (1 << 16)])
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+        sender.join(timeout)
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def _post_head(headers):
+    lines = [f"POST /v1/models/{MODEL}:predict HTTP/1.1", "Host: x", "Connection: close"]
+    return ("\r\n".join(lines + headers) + "\r\n\r\n").encode()
+
+
+HOSTILE_HEADERS = [  # (headers, body sent, status, where the answer comes from)
+    (["Content-Length: -1"], b"x" * 1000, 400, "waitress"),
+    (["Content-Length: 99999999999999999999"], b"", 413, "waitress"),  # no body follows
+    (["Content-Length: 1e3"], b"{}", 400, "waitress"),
+    (["Content-Length: 10", "Content-Length: 20"], b"{}", 400, "waitress"),
+    ([], b"", 411, "app"),  # POST without a length
+    (["Content-Length: 2", "Transfer-Encoding: chunked"], b"0\r\n\r\n", 400, "waitress"),
+    (["Transfer-Encoding: chunked"], b"zz\r\nabc\r\n0\r\n\r\n", 400, "waitress"),
+    (["Transfer-Encoding: chunked"], b"300000\r\n" + b"x" * (3 << 20), 413, "waitress"),
+    (["X-Big: " + "a" * (80 << 10)], b"", 431, "waitress"),
+]
+
+
+@pytest.mark.parametrize("headers, body, status, source", HOSTILE_HEADERS)
+def test_hostile_headers_get_4xx(server, headers, body, status, source):
+    got, answer = _raw_status(server, _post_head(headers) + body)
+    assert got == status, answer
+    if source == "app":
+        assert "error" in json.loads(answer)
+    assert _request(server, "GET", f"/v1/models/{MODEL}")[0] == 200
+
+
+def test_deeply_nested_json_gets_400(server):
+    for depth in (100_000, 5_000, 40):
+        body = b'{"instances": ' + b"[" * depth + b"1" + b"]" * depth + b"}"
+        status, answer = _request(server, "POST", f"/v1/models/{MODEL}:predict", body)
+        assert status == 400, (depth, answer)
+    status, answer = _request(server, "POST", f"/v1/models/{MODEL}:predict", b"[" * 100_000)
+    assert status == 400 and "nested" in answer["error"]
+
+
+def test_ipv6_loopback(service):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        context = running_server(service, host="::1")
+        url = context.__enter__()
+    except OSError as error:
+        pytest.skip(f"cannot bind ::1: {error}")
+    try:
+        assert url.startswith("http://[::1]:")
+        address = url.removeprefix("http://")
+        assert (
+            _raw_status(
+                address,
+                f"GET /v1/models/{MODEL} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+            )[0]
+            == 200
+        )
+    finally:
+        context.__exit__(None, None, None)
+
+
+def _failing_saved_model(path):
+    """A SavedModel whose serving_default fails at run time, as a model with an op this CPU
+    cannot run does (issue 10)."""
+
+    class Broken(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+        def serve(self, images):
+            tf.debugging.assert_equal(tf.shape(images)[0], -1, message="kernel unavailable")
+            return {"class_ids": tf.zeros(tf.shape(images)[:3], tf.int32)}
+
+    module = Broken()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def test_model_that_cannot_run_fails_at_start(tmp_path):
+    _failing_saved_model(tmp_path / "broken")
+    with pytest.raises(RuntimeError, match="(?s)cannot run on this machine.*kernel unavailable"):
+        PredictionService(str(tmp_path / "broken"), MODEL)
+    # Without the warm-up the same model would have been reported AVAILABLE.
+    assert PredictionService(str(tmp_path / "broken"), MODEL, warmup=False).status()

@@ -1,4 +1,4 @@
-"""A local HTTP endpoint speaking the TF Serving REST predict API for an exported SavedModel.
+"""The TF Serving REST predict API for an exported SavedModel, as a WSGI application.
 
 Clients written for TF Serving work unchanged:
 
@@ -9,9 +9,16 @@ Clients written for TF Serving work unchanged:
   `signature_name` whose images are all `{"b64": ...}` goes to `serve_bytes`.
 
 A malformed request, a wrong dtype or an oversized image is answered with 400 and
-`{"error": "..."}` and the server keeps serving. The production path is TF Serving with the
-same SavedModel; this server (stdlib `http.server`, because it needs no extra dependency) is
-for local use and tests.
+`{"error": "..."}` and the server keeps serving.
+
+Three layers, each usable alone: `PredictionService` turns a request body into a response
+(no HTTP), `RestApplication` is the WSGI routing around it, and `make_server` /
+`running_server` put it on waitress (the optional `serve` extra). Waitress was chosen because
+it reads each whole request (headers and body, spooled to a temporary file past 512 KB) in
+its I/O thread before a worker sees it: slow or stalled clients never hold a worker, and the
+listen backlog, connection count, inactivity timeout, header and body limits and the number
+of workers are its settings. It is pure Python with no dependencies, and a TensorFlow call is
+blocking anyway, which suits WSGI's thread-per-request model.
 """
 
 import base64
@@ -19,9 +26,13 @@ import binascii
 import contextlib
 import io
 import json
+import logging
 import re
+import socket
+import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from http import HTTPStatus
 
 import numpy as np
 import tensorflow as tf
@@ -39,16 +50,29 @@ class RequestError(ValueError):
 class PredictionService:
     """Loads a SavedModel and answers TF Serving REST requests (transport-independent).
 
+    The model runs once on a small blank image before the service exists, so a model that
+    cannot run on this machine fails here, with TensorFlow's error, rather than on the first
+    client request after the server has reported itself AVAILABLE.
+
     Args:
         saved_model_dir: str, a SavedModel written by `export_saved_model`.
         model_name: str, the `<name>` in the URLs.
         max_pixels: int, largest height * width accepted per image.
         max_batch: int, most images per request.
-        max_concurrent: int, predictions running at once (bounds memory).
+        max_concurrent: int, requests decoded and predicted at once. JSON pixel arrays take
+            tens of bytes of Python objects per pixel while parsed, so this bounds memory.
+        warmup: bool, run the model once before returning (see above).
     """
 
     def __init__(
-        self, saved_model_dir, model_name, *, max_pixels=2048 * 2048, max_batch=16, max_concurrent=2
+        self,
+        saved_model_dir,
+        model_name,
+        *,
+        max_pixels=2048 * 2048,
+        max_batch=16,
+        max_concurrent=2,
+        warmup=True,
     ):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name or ""):
             raise ValueError(
@@ -62,7 +86,23 @@ class PredictionService:
         self.signatures = dict(self.loaded.signatures)
         if "serving_default" not in self.signatures:
             raise ValueError(f"SavedModel {saved_model_dir!r} has no 'serving_default' signature.")
-        self.channels = self._input_spec("serving_default")[1].shape[-1]
+        self.input_name, spec = self._input_spec("serving_default")
+        self.channels = spec.shape[-1]
+        if warmup:
+            self._warm_up(saved_model_dir)
+
+    def _warm_up(self, saved_model_dir):
+        image = tf.zeros((1, 32, 32, self.channels or 3), tf.uint8)
+        try:
+            outputs = self.signatures["serving_default"](**{self.input_name: image})
+            for value in outputs.values():
+                value.numpy()
+        except Exception as error:  # any failure means the model cannot serve on this machine
+            message = getattr(error, "message", None) or str(error)
+            raise RuntimeError(
+                f"SavedModel {saved_model_dir!r} cannot run on this machine (warm-up predict on a "
+                f"32x32 image failed): {type(error).__name__}: {message}"
+            ) from error
 
     def _input_spec(self, signature_name):
         inputs = self.signatures[signature_name].structured_input_signature[1]
@@ -104,10 +144,16 @@ class PredictionService:
 
     def predict(self, body):
         """Answers a predict request body (bytes); raises `RequestError` for client errors."""
+        with self._slots:
+            return self._predict(body)
+
+    def _predict(self, body):
         try:
             request = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise RequestError(f"The request body is not valid JSON: {error}") from None
+        except RecursionError:
+            raise RequestError("The request body is nested too deeply.") from None
         if not isinstance(request, dict):
             raise RequestError("The request body must be a JSON object.")
         has_rows, has_columns = "instances" in request, "inputs" in request
@@ -115,6 +161,8 @@ class PredictionService:
             raise RequestError('The request must have exactly one of "instances" or "inputs".')
         items = request["instances"] if has_rows else request["inputs"]
         signature_name = request.get("signature_name")
+        if signature_name is not None and not isinstance(signature_name, str):
+            raise RequestError('"signature_name" must be a string.')
         if signature_name is None:
             signature_name = "serve_bytes" if _all_b64(items) else "serving_default"
         if signature_name not in self.signatures:
@@ -142,11 +190,10 @@ class PredictionService:
                 tensor = tf.constant([batch[k] for k in group], tf.string)
             else:
                 tensor = tf.constant(np.stack([batch[k] for k in group]), tf.uint8)
-            with self._slots:
-                try:
-                    result = fn(**{input_name: tensor})
-                except tf.errors.InvalidArgumentError as error:
-                    raise RequestError(f"The model rejected the input: {error.message}") from None
+            try:
+                result = fn(**{input_name: tensor})
+            except tf.errors.InvalidArgumentError as error:
+                raise RequestError(f"The model rejected the input: {error.message}") from None
             for j, k in enumerate(group):
                 outputs[k] = {key: value[j].numpy().tolist() for key, value in result.items()}
         return _format(outputs, rows=has_rows)
@@ -159,7 +206,7 @@ class PredictionService:
             )
         try:
             array = np.asarray(value)
-        except ValueError:
+        except (ValueError, TypeError, OverflowError, RecursionError):
             raise RequestError(f"Image {index} is not a rectangular array of pixels.") from None
         if array.dtype == object or array.ndim != 3 or array.shape[-1] != self.channels:
             raise RequestError(
@@ -268,97 +315,223 @@ def _format(outputs, rows):
     return {"outputs": columns[keys[0]] if len(keys) == 1 else columns}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "keras_fusionseg"
-    protocol_version = "HTTP/1.1"
+# --- HTTP ---------------------------------------------------------------------------------------
 
-    def log_message(self, format, *args):  # noqa: A002  (stdlib signature)
-        if self.server.verbose:
-            super().log_message(format, *args)
+_LOG = logging.getLogger(__name__)
 
-    def _reply(self, code, payload):
+
+class RestApplication:
+    """The WSGI application: routes TF Serving REST URLs to a `PredictionService`.
+
+    Every answer, errors included, is JSON. The body limit is checked here too (before
+    reading), so the application stays safe behind any WSGI server, not only waitress.
+
+    Args:
+        service: a `PredictionService`.
+        max_body_bytes: int, largest request body read.
+        verbose: bool, log one line per request (method, path, status, milliseconds).
+    """
+
+    def __init__(self, service, *, max_body_bytes=64 << 20, verbose=False):
+        self.service = service
+        self.max_body_bytes = int(max_body_bytes)
+        self.verbose = verbose
+
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        status, payload = self._answer(environ)
         body = json.dumps(payload).encode("utf-8")
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        if self.verbose:
+            _LOG.info(
+                "%s %s -> %d (%.0f ms)",
+                environ.get("REQUEST_METHOD"),
+                environ.get("PATH_INFO"),
+                status,
+                1000 * (time.perf_counter() - started),
+            )
+        return [body]
 
-    def _discard(self, length, chunk=1 << 20):
-        while length > 0:
-            data = self.rfile.read(min(chunk, length))
-            if not data:
-                break
-            length -= len(data)
-
-    def _route(self):
-        match = _ROUTE.match(self.path)
-        service = self.server.service
+    def _answer(self, environ):
+        path = environ.get("PATH_INFO", "")
+        match = _ROUTE.match(path)
+        service = self.service
         if not match:
-            self._reply(404, {"error": f"Unknown path {self.path!r}."})
-            return None
+            return 404, {"error": f"Unknown path {path[:200]!r}."}
         if match.group(1) != service.model_name:
-            self._reply(404, {"error": f"Servable not found for request: {match.group(1)!r}."})
-            return None
+            return 404, {"error": f"Servable not found for request: {match.group(1)[:200]!r}."}
         if match.group(2) not in (None, "1"):
-            self._reply(
-                404, {"error": f"Version {match.group(2)} of {service.model_name!r} not found."}
-            )
-            return None
-        return match
-
-    def do_GET(self):  # noqa: N802  (stdlib naming)
-        match = self._route()
-        if match is None:
-            return
-        if match.group(3):
-            self._reply(405, {"error": "Use POST for :predict."})
-        elif match.group(4):
-            self._reply(200, self.server.service.metadata())
-        else:
-            self._reply(200, self.server.service.status())
-
-    def do_POST(self):  # noqa: N802  (stdlib naming)
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True
-            self._reply(411, {"error": "A Content-Length header is required."})
-            return
-        if length > self.server.max_body_bytes:
-            self.close_connection = True
-            if length <= 16 * self.server.max_body_bytes:
-                self._discard(length)  # so that the client can read the answer, not a reset
-            self._reply(
-                400,
-                {
-                    "error": f"The request body is {length} bytes; at most {self.server.max_body_bytes}."
-                },
-            )
-            return
-        body = self.rfile.read(length)
-        match = self._route()
-        if match is None:
-            return
+            return 404, {
+                "error": f"Version {match.group(2)[:20]} of {service.model_name!r} not found."
+            }
+        method = environ.get("REQUEST_METHOD")
+        if method == "GET":
+            if match.group(3):
+                return 405, {"error": "Use POST for :predict."}
+            return 200, service.metadata() if match.group(4) else service.status()
+        if method != "POST":
+            return 405, {"error": f"Method {method!r} is not allowed; use GET or POST."}
         if not match.group(3):
-            self._reply(405, {"error": "POST to /v1/models/<name>:predict."})
-            return
+            return 405, {"error": "POST to /v1/models/<name>:predict."}
+        body = self._read_body(environ)
+        if isinstance(body, tuple):
+            return body
         try:
-            self._reply(200, self.server.service.predict(body))
+            return 200, service.predict(body)
         except RequestError as error:
-            self._reply(400, {"error": str(error)})
+            return 400, {"error": str(error)}
         except Exception as error:  # the server must keep serving whatever happens
-            self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+            _LOG.exception("predict failed")
+            return 500, {"error": f"{type(error).__name__}: {error}"}
+
+    def _read_body(self, environ):
+        """The body bytes, or `(status, payload)` when it must not or cannot be read."""
+        declared = environ.get("CONTENT_LENGTH") or ""
+        if not declared:
+            return 411, {"error": "A Content-Length header (or a chunked body) is required."}
+        if not declared.isdigit():
+            return 400, {"error": f"Invalid Content-Length {declared[:40]!r}."}
+        length = int(declared)
+        if length > self.max_body_bytes:
+            return 413, {
+                "error": f"The request body is {length} bytes; at most {self.max_body_bytes}."
+            }
+        stream = environ["wsgi.input"]
+        parts, remaining = [], length
+        while remaining > 0:
+            part = stream.read(min(remaining, 1 << 20))
+            if not part:
+                return 400, {"error": "The request body is shorter than its Content-Length."}
+            parts.append(part)
+            remaining -= len(part)
+        return b"".join(parts)
 
 
-def make_server(service, host="127.0.0.1", port=8501, *, max_body_bytes=64 << 20, verbose=False):
-    """A `ThreadingHTTPServer` answering for `service` (call `serve_forever()` on it)."""
-    server = ThreadingHTTPServer((host, port), _Handler)
-    server.daemon_threads = True
-    server.service = service
-    server.max_body_bytes = int(max_body_bytes)
-    server.verbose = verbose
-    return server
+def _bind(host, port, backlog):
+    """A listening TCP socket for `host` (a name, an IPv4 or an IPv6 address) and `port`."""
+    try:
+        infos = socket.getaddrinfo(
+            host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+    except socket.gaierror as error:
+        raise ValueError(f"Cannot resolve the host {host!r} to bind to: {error}.") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if sys.platform != "win32":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Server:
+    """A waitress server for a `RestApplication`, stoppable from any thread.
+
+    Built by `make_server`; `url` is its base address, `serve_forever()` blocks until
+    `shutdown()` (or Ctrl-C), then closes every connection and worker.
+    """
+
+    def __init__(self, waitress_server, sock):
+        self._server = waitress_server
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self.host, self.port = sock.getsockname()[:2]
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{shown}:{self.port}"
+
+    def serve_forever(self, poll_interval=0.2):
+        from waitress import wasyncore
+
+        server = self._server
+        try:
+            while not self._stop.is_set():
+                wasyncore.loop(timeout=poll_interval, use_poll=True, map=server._map, count=1)
+        finally:
+            for channel in list(server._map.values()):
+                with contextlib.suppress(OSError):
+                    channel.close()
+            server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+            self._stopped.set()
+
+    def shutdown(self, timeout=10):
+        self._stop.set()
+        self._stopped.wait(timeout)
+
+
+def make_server(
+    service,
+    host="127.0.0.1",
+    port=8501,
+    *,
+    max_body_bytes=64 << 20,
+    threads=4,
+    backlog=1024,
+    connection_limit=500,
+    channel_timeout=30,
+    max_header_bytes=64 << 10,
+    verbose=False,
+):
+    """A waitress HTTP server answering for `service` (call `serve_forever()` on it).
+
+    Waitress buffers each request in its I/O thread and hands it to one of `threads` workers
+    only once complete, so stalled clients hold a connection slot, never a worker.
+
+    Args:
+        service: a `PredictionService`.
+        host: str, interface to bind: "127.0.0.1" (default), "::1", "localhost", or a public
+            address (no authentication or TLS: put a proxy in front).
+        port: int, 0 picks a free port (see `Server.url`).
+        max_body_bytes: int, larger bodies get 413 without being read further (declared
+            lengths at once, chunked bodies as soon as they pass the limit).
+        threads: int, worker threads running the application.
+        backlog: int, the listen queue for connections not yet accepted.
+        connection_limit: int, most open connections; beyond it, new ones wait in the backlog.
+        channel_timeout: int, seconds of inactivity after which a connection is closed.
+        max_header_bytes: int, larger request headers get 431.
+        verbose: bool, log each request.
+    """
+    try:
+        import waitress
+    except ImportError:
+        raise ImportError(
+            "Serving needs waitress: pip install 'keras_fusionseg[serve]' (or pip install waitress)."
+        ) from None
+    for name, value in (
+        ("max_body_bytes", max_body_bytes),
+        ("threads", threads),
+        ("backlog", backlog),
+        ("connection_limit", connection_limit),
+        ("channel_timeout", channel_timeout),
+        ("max_header_bytes", max_header_bytes),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
+    application = RestApplication(service, max_body_bytes=max_body_bytes, verbose=verbose)
+    sock = _bind(host, port, backlog)
+    try:
+        waitress_server = waitress.create_server(
+            application,
+            sockets=[sock],
+            threads=threads,
+            backlog=backlog,
+            connection_limit=connection_limit,
+            channel_timeout=channel_timeout,
+            cleanup_interval=max(1, min(10, channel_timeout // 2)),
+            # waitress refuses bodies of at least this size; ours may be exactly the limit.
+            max_request_body_size=max_body_bytes + 1,
+            max_request_header_size=max_header_bytes,
+            asyncore_use_poll=True,  # select() cannot watch more than 1024 sockets
+            ident="keras_fusionseg",
+        )
+    except BaseException:
+        sock.close()
+        raise
+    return Server(waitress_server, sock)
 
 
 @contextlib.contextmanager
@@ -370,8 +543,7 @@ def running_server(service, host="127.0.0.1", port=0, **options):
     )
     thread.start()
     try:
-        yield f"http://{server.server_address[0]}:{server.server_address[1]}"
+        yield server.url
     finally:
         server.shutdown()
-        server.server_close()
         thread.join(timeout=10)
