@@ -81,14 +81,33 @@ def test_default_backbone_options_apply_only_to_the_default_backbone(monkeypatch
         raise RuntimeError("stop")
 
     monkeypatch.setattr(models.registry, "build_backbone", fake_build_backbone)
-    for kwargs in ({}, {"backbone_options": {"deep_stem": False}}, {"backbone": "resnet101"}):
+    for kwargs in (
+        {},
+        {"backbone_options": {"deep_stem": False}},
+        {"backbone": "resnet101"},
+        {"backbone": "resnet50"},
+        {"backbone": "resnet50", "backbone_options": {"use_bias": True}},
+    ):
         with pytest.raises(RuntimeError, match="stop"):
             models.build("fastfcn_psp", num_classes=3, **kwargs)
     assert seen[0][0] == "resnet50" and seen[0][1]["deep_stem"] is True
     assert seen[0][1]["use_bias"] is False
     assert seen[1][1]["deep_stem"] is False and seen[1][1]["use_bias"] is False
     assert seen[2][0] == "resnet101" and "deep_stem" not in seen[2][1]
+    # Naming the default backbone gives exactly the default network.
+    assert seen[3] == seen[0]
+    assert seen[4][1]["deep_stem"] is True and seen[4][1]["use_bias"] is True
     assert models.get_model_spec("exfuse").default_backbone_options["depths"] == (8, 8, 9, 8)
+
+
+@pytest.mark.parametrize("name", ["fastfcn_psp", "exfuse"])
+def test_naming_the_default_backbone_builds_the_default_model(name):
+    spec = models.get_model_spec(name)
+    options = {"input_shape": (64, 64, 3), "output_stride": 32}
+    unnamed = models.build(name, num_classes=3, **options)
+    named = models.build(name, num_classes=3, backbone=spec.default_backbone, **options)
+    assert [w.shape for w in named.weights] == [w.shape for w in unnamed.weights]
+    assert named.count_params() == unnamed.count_params()
 
 
 def hand_made_backbone(channels=(8, 8, 16, 16, 32)):

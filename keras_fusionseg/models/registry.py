@@ -25,7 +25,7 @@ class ModelSpec:
     default_output_stride: int
     description: str
     tiny: dict  # `build` arguments for a narrow, fast variant (tests, smoke runs)
-    default_backbone_options: dict  # applied when the default backbone is used
+    default_backbone_options: dict  # applied whenever the default backbone is built, named or not
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -44,8 +44,9 @@ def register_model(
 
     `tiny` holds `build` keyword arguments (backbone, backbone_options, head widths...) for a
     narrow variant that builds and trains in seconds; tests run every model through it.
-    `default_backbone_options` (e.g. the deep stem of the FastFCN reference) apply when the
-    caller keeps the default backbone; the caller's `backbone_options` override them key by key.
+    `default_backbone_options` (e.g. the deep stem of the FastFCN reference) apply whenever the
+    default backbone is built, whether the caller leaves `backbone` out or names it; the
+    caller's `backbone_options` override them key by key.
     """
 
     def decorator(builder):
@@ -131,7 +132,8 @@ def build(
         backbone_weights: optional path to a pretrained backbone weight file (e.g. the
             Keras Applications ImageNet file), loaded by layer name.
         backbone_options: dict of extra backbone arguments (e.g. `{"multi_grid": (1, 2, 4)}`),
-            merged over the model's `default_backbone_options` when `backbone` is None.
+            merged over the model's `default_backbone_options` when the default backbone is
+            built (`backbone` None or its name), so naming the default changes nothing.
         aux_outputs: bool, return `{"logits": ..., aux...}` for auxiliary losses.
         **options: model-specific options (see each builder's docstring).
 
@@ -154,7 +156,9 @@ def build(
     else:
         output_stride = spec.default_output_stride if output_stride is None else output_stride
         check_output_stride(output_stride)
-        defaults = spec.default_backbone_options if backbone is None else {}
+        # Naming the default backbone must give the default network, options included.
+        uses_default = backbone is None or backbone == spec.default_backbone
+        defaults = spec.default_backbone_options if uses_default else {}
         backbone_model = build_backbone(
             backbone or spec.default_backbone,
             input_shape=input_shape,
