@@ -14,14 +14,16 @@ import re
 import socket
 import threading
 
+import hypothesis
 import numpy as np
 import pytest
 import tensorflow as tf
 from export_helpers import tiny_segmenter
+from hypothesis import strategies as st
 from PIL import Image
 
 from keras_fusionseg.export import export_saved_model
-from keras_fusionseg.export.serving import PredictionService, running_server
+from keras_fusionseg.export.serving import PredictionService, RestApplication, running_server
 
 MODEL = "shapes"
 
@@ -308,3 +310,92 @@ def test_model_that_cannot_run_fails_at_start(tmp_path):
         PredictionService(str(tmp_path / "broken"), MODEL)
     # Without the warm-up the same model would have been reported AVAILABLE.
     assert PredictionService(str(tmp_path / "broken"), MODEL, warmup=False).status()
+
+
+# --- fuzzing: random and mutated requests never crash, hang or give 5xx ----------------------
+
+_FUZZ = hypothesis.settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,  # the same examples on every run: a failure reproduces
+    suppress_health_check=list(hypothesis.HealthCheck),
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-300, 300) | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+_KEYS = st.sampled_from(["instances", "inputs", "signature_name", "images", "b64", "examples"])
+_REQUESTS = st.dictionaries(_KEYS, _JSON | st.builds(lambda v: {"b64": v}, st.text(max_size=12)))
+_VALID = json.dumps(
+    {"instances": [{"b64": _png_b64(np.full((4, 5, 3), 7, np.uint8))}, [[[1, 2, 3]]]]}
+).encode()
+
+
+def _call_app(app, body, method="POST", path=f"/v1/models/{MODEL}:predict", length=None):
+    captured = {}
+
+    def start_response(status, headers):
+        captured["status"] = int(status.split(" ", 1)[0])
+
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "CONTENT_LENGTH": str(len(body)) if length is None else length,
+        "wsgi.input": io.BytesIO(body),
+    }
+    answer = json.loads(b"".join(app(environ, start_response)))
+    return captured["status"], answer
+
+
+@pytest.fixture(scope="module")
+def app(service):
+    return RestApplication(service, max_body_bytes=1 << 20)
+
+
+def _assert_answered(status, answer):
+    assert status == 200 or 400 <= status < 500, (status, answer)
+    assert ("error" in answer) == (status != 200)
+
+
+@_FUZZ
+@hypothesis.given(body=st.binary(max_size=200))
+def test_fuzz_random_bytes(app, body):
+    _assert_answered(*_call_app(app, body))
+
+
+@_FUZZ
+@hypothesis.given(request=_REQUESTS)
+def test_fuzz_random_json_requests(app, request):
+    _assert_answered(*_call_app(app, json.dumps(request).encode()))
+
+
+@_FUZZ
+@hypothesis.given(
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, len(_VALID) - 1),
+            st.sampled_from([b"", b"[", b"}", b'"', b"9", b"\x00", b"\xff"]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_fuzz_mutated_valid_request(app, edits):
+    body = bytearray(_VALID)
+    for position, replacement in edits:
+        body[position : position + 1] = replacement
+    _assert_answered(*_call_app(app, bytes(body)))
+
+
+@_FUZZ
+@hypothesis.given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD"]),
+    path=st.text(max_size=40).map(lambda tail: f"/v1/models/{tail}"),
+    length=st.sampled_from(["", "-1", "abc", "99999999999", "0", "3"]),
+)
+def test_fuzz_method_path_and_length(app, method, path, length):
+    status, answer = _call_app(app, b"{}", method=method, path=path, length=length)
+    assert 400 <= status < 500, (status, answer)
