@@ -12,19 +12,23 @@ from keras_fusionseg.backbones.weights import load_backbone_weights
 TINY_RESNET = dict(depths=(1, 1, 1, 1), stage_widths=(8, 16, 32, 64), stem_width=16)
 
 
-def randomize_batch_norm(model, rng):
-    """Non-trivial BN statistics, so that a mis-assigned tensor changes the features."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, channels),
-                    rng.normal(0, 0.1, channels),
-                    rng.normal(0, 0.1, channels),
-                    rng.uniform(0.5, 2.0, channels),
-                ]
-            )
+def randomize_weights(model, rng):
+    """Every variable (kernels, biases, BN statistics, nested layers' too) set at random.
+
+    Walks `model.weights`, which reaches the variables of layers nested in composite layers
+    (`ConvBNReLU`, `SeparableConvBN`), so a loader that skips any of them leaves a difference.
+    """
+    for variable in model.weights:
+        name = variable.path.rsplit("/", 1)[-1]
+        before = variable.numpy()
+        if name in ("gamma", "moving_variance"):
+            value = rng.uniform(0.5, 2.0, variable.shape)
+        elif name in ("beta", "moving_mean"):
+            value = rng.normal(0, 0.1, variable.shape)
+        else:  # kernels and biases: perturbed at their own scale, so deep nets stay finite
+            value = before + rng.normal(0, 0.1 * before.std() + 0.01, variable.shape)
+        variable.assign(value.astype(variable.dtype))
+        assert not np.array_equal(before, variable.numpy()), variable.path
 
 
 def save_both_formats(model, tmp_path):
@@ -38,7 +42,7 @@ def save_both_formats(model, tmp_path):
 
 
 def check_identical_features(reference, endpoints, ours, preprocess, tmp_path, rng):
-    randomize_batch_norm(reference, rng)
+    randomize_weights(reference, rng)
     features = keras.Model(
         reference.input, {key: reference.get_layer(name).output for key, name in endpoints.items()}
     )
@@ -94,7 +98,7 @@ def test_dilated_backbone_loads_the_same_file(tmp_path):
 def test_composite_layers_load_by_sub_layer(tmp_path):
     options = dict(width_multiplier=0.05, middle_flow_units=1)
     source = build_backbone("xception65", **options)
-    randomize_batch_norm(source, np.random.default_rng(1))
+    randomize_weights(source, np.random.default_rng(1))
     for suffix in ("weights.h5", "h5"):
         path = tmp_path / f"xception.{suffix}"
         if suffix == "h5":

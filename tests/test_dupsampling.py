@@ -70,13 +70,33 @@ def test_dupsampling_default_init_and_errors():
     w = layer.reconstruction.numpy()
     np.testing.assert_allclose(w.T @ w, np.eye(4), atol=1e-5)  # orthonormal columns
     np.testing.assert_allclose(layer.mean.numpy(), 1 / 3)
-    assert len(DUpsampling(2, 3, 4, trainable_reconstruction=True).weights) == 0
     with pytest.raises(ValueError, match="`ratio`"):
         DUpsampling(0, 3, 4)
     with pytest.raises(ValueError, match="reconstruction"):
         DUpsampling(2, 3, 4, reconstruction=np.zeros((5, 4)))
     with pytest.raises(ValueError, match="4 input channels"):
         DUpsampling(2, 3, 4)(np.zeros((1, 2, 2, 5), "float32"))
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_dupsampling_trainable_reconstruction_on_a_built_layer(trainable, rng):
+    # Checked after build, when W and the mean exist: an unbuilt layer has no weights at all.
+    layer = DUpsampling(2, 3, 4, trainable_reconstruction=trainable)
+    x = tf.constant(rng.normal(size=(1, 2, 2, 4)).astype("float32"))
+    layer(x)
+    names = sorted(w.path.rsplit("/", 1)[-1] for w in layer.weights)
+    assert names == ["mean", "reconstruction"]
+    trained = sorted(w.path.rsplit("/", 1)[-1] for w in layer.trainable_weights)
+    assert trained == (["mean", "reconstruction"] if trainable else [])
+    assert len(layer.non_trainable_weights) == (0 if trainable else 2)
+    clone = DUpsampling.from_config(layer.get_config())
+    clone(x)
+    assert len(clone.trainable_weights) == len(layer.trainable_weights)
+    if trainable:  # the loss reaches W and the mean
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) ** 2)
+        gradients = tape.gradient(loss, layer.trainable_weights)
+        assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in gradients)
 
 
 def test_dupsampling_works_with_unknown_size():
