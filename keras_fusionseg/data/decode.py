@@ -7,10 +7,9 @@ message carries the file or record name: bad data fails with
 
 import tensorflow as tf
 
+from keras_fusionseg.data import integrity
 from keras_fusionseg.data.registry import IGNORE_LABEL
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SIGNATURE = b"\xff\xd8\xff"
 _IMAGE_CHANNELS = (1, 3)
 
 
@@ -21,35 +20,17 @@ def _assert(condition, name, message, *values):
 
 
 def check_encoded_image(encoded, name, what):
-    """Asserts `encoded` is a complete PNG (ends with IEND) or JPEG (ends with EOI), GIF or BMP.
+    """Asserts `encoded` passes `integrity.image_problem` (the TFRecord writer's check too).
 
-    TF's decoders report truncated or corrupt data without the file name; these checks name it.
-    Returns `encoded` with the checks as control dependencies.
+    A complete PNG (every chunk's CRC up to IEND) or JPEG (markers up to the scan, then an
+    end-of-image marker), GIF or BMP; bytes after the end marker are fine. TF's decoders
+    report truncated or corrupt data without the file name; this check names it.
+    Returns `encoded` with the check as a control dependency.
     """
-    length = tf.strings.length(encoded)
-    head = tf.strings.substr(encoded, 0, 8)
-    is_png = tf.equal(head, _PNG_SIGNATURE)
-    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 3), _JPEG_SIGNATURE)
-    is_other = tf.logical_or(
-        tf.equal(tf.strings.substr(encoded, 0, 4), b"GIF8"),
-        tf.equal(tf.strings.substr(encoded, 0, 2), b"BM"),
-    )
-    known = _assert(
-        tf.logical_and(length >= 8, is_png | is_jpeg | is_other),
-        name,
-        f"Corrupt {what}: not a PNG, JPEG, GIF or BMP file (empty or unknown format)",
-    )
-    with tf.control_dependencies([known]):
-        tail = tf.strings.substr(encoded, tf.maximum(length - 8, 0), 4)
-        png_complete = tf.logical_or(tf.logical_not(is_png), tf.equal(tail, b"IEND"))
-        eoi = tf.strings.substr(encoded, tf.maximum(length - 2, 0), 2)
-        jpeg_complete = tf.logical_or(tf.logical_not(is_jpeg), tf.equal(eoi, b"\xff\xd9"))
-        complete = _assert(
-            png_complete & jpeg_complete,
-            name,
-            f"Truncated {what}: the file ends before the image's end marker",
-        )
-    with tf.control_dependencies([complete]):
+    problem = integrity.graph_image_problem(encoded)
+    message = tf.strings.regex_replace(problem, "^(Corrupt|Truncated):", r"\1 " + what + ":")
+    intact = _assert(tf.equal(problem, ""), name, message)
+    with tf.control_dependencies([intact]):
         return tf.identity(encoded)
 
 

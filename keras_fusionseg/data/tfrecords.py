@@ -8,13 +8,14 @@ only when every shard is complete, so a failed run leaves no half-written shard.
 
 import io
 import os
+import struct
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_fusionseg.data import registry, sources
-from keras_fusionseg.data.decode import _assert, decode_example
+from keras_fusionseg.data import integrity, registry, sources
+from keras_fusionseg.data.decode import _assert, decode_example, decode_image
 from keras_fusionseg.data.registry import IGNORE_LABEL
 
 IMAGE_ENCODED = "image/encoded"
@@ -99,11 +100,16 @@ def example_from_files(
     """
     with open(image_path, "rb") as handle:
         image_bytes = handle.read()
+    with open(label_path, "rb") as handle:
+        label_bytes = handle.read()
+    # The readers' own check, so that no file written here is refused when read back.
+    integrity.check_image_bytes(image_bytes, image_path, "image")
+    integrity.check_image_bytes(label_bytes, label_path, "label")
     try:
         image = Image.open(io.BytesIO(image_bytes))
         image_format = {"PNG": "png", "JPEG": "jpeg"}.get(image.format)
         image = np.asarray(image)
-        label = np.asarray(Image.open(label_path))
+        label = np.asarray(Image.open(io.BytesIO(label_bytes)))
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(
             f"Corrupt or truncated image in {image_path!r} / {label_path!r}: {error}"
@@ -133,6 +139,8 @@ def example_from_files(
                 f"(values must be < {num_classes} or {ignore_label})."
             )
     label = label.astype(np.uint8)
+    if not resize_long_side and image_format is not None:
+        _check_decodes_like_the_reader(image_bytes, image_path)
     if resize_long_side:
         image = _resized(image, resize_long_side, Image.BILINEAR)
         label = _resized(label, resize_long_side, Image.NEAREST)
@@ -147,6 +155,17 @@ def example_from_files(
         image.shape[1],
         os.path.basename(image_path),
     )
+
+
+def _check_decodes_like_the_reader(image_bytes, image_path):
+    """Stored bytes must decode with TensorFlow as the reader will (PIL is more lenient with
+    damaged JPEG data)."""
+    try:
+        decode_image(tf.constant(image_bytes), tf.constant(image_path))
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(
+            f"Corrupt image {image_path!r}: TensorFlow cannot decode it: {error.message}"
+        ) from None
 
 
 def example_from_arrays(image, label, filename):
@@ -255,15 +274,71 @@ def write_tfrecords(examples, output, num_shards=1):
 # Reading
 
 
+def _crc32c_table():
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def _masked_crc32c(data):
+    """The TFRecord framing checksum: CRC-32C (Castagnoli), rotated and offset."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def check_shard(path):
+    """Walks a TFRecord file's record headers; a truncated or corrupt one raises naming the
+    shard, the record index and the byte offset (TensorFlow's own `DataLossError` names none).
+
+    Reads 12 bytes per record (length and its checksum) and skips the payload, so it costs
+    little next to reading the data. Returns the number of records.
+    """
+    size = os.path.getsize(path)
+    offset = index = 0
+    with open(path, "rb") as handle:
+        while offset < size:
+            header = handle.read(12)
+            where = f"record {index} at byte {offset} of {size}"
+            if len(header) < 12:
+                raise ValueError(f"Truncated TFRecord shard {path!r}: {where} is cut short.")
+            (length,) = struct.unpack("<Q", header[:8])
+            (checksum,) = struct.unpack("<I", header[8:])
+            if _masked_crc32c(header[:8]) != checksum:
+                raise ValueError(
+                    f"Corrupt TFRecord shard {path!r}: {where} has a damaged length header."
+                )
+            offset += 12 + length + 4
+            if offset > size:
+                raise ValueError(
+                    f"Truncated TFRecord shard {path!r}: {where} needs {length} bytes, past "
+                    "the end of the file."
+                )
+            handle.seek(offset)
+            index += 1
+    return index
+
+
 def tfrecord_dataset(pattern, *, num_classes=None, label_map=None, ignore_label=IGNORE_LABEL):
     """Lazily decoded dataset of Model Garden segmentation TFRecords.
 
     Shards are interleaved one record at a time in file order, which restores the order
-    `write_tfrecords` received the examples in. Errors name the shard, the record index and
-    the stored file name; a record without `image/encoded` or
+    `write_tfrecords` received the examples in. Every shard's record framing is checked
+    first (`check_shard`). Errors name the shard, the record index and the stored file name; a record without `image/encoded` or
     `image/segmentation/class/encoded` is an error.
     """
     files = sources.glob_files(os.fspath(pattern))
+    for path in files:
+        check_shard(path)
     records = tf.data.Dataset.from_tensor_slices(files).interleave(
         lambda path: (
             tf.data.TFRecordDataset(path)
