@@ -1,4 +1,7 @@
-"""DUpsampling (ResNet-50, OS16) on CamVid with a basis fitted on the train labels.
+"""DUpsampling (ResNet-50 deep stem, OS16) on CamVid with a basis fitted on the train labels.
+
+The model is the paper's default (Tian et al., CVPR 2019, Table 2's best and Fig. 2's light
+decoder): "P1" is conv1_3 of the three-conv deep stem, fused with "P4" (b3u6c3).
 
 Fit the basis first:
 
@@ -16,7 +19,7 @@ def get_config():
     config = camvid_config()
     config.model.name = "dunet"
     config.model.backbone = "resnet50"
-    config.model.backbone_options = {}
+    config.model.backbone_options = {"deep_stem": True}  # conv1_3 exists only with the deep stem
     config.model.output_stride = 16
     config.model.aux_outputs = False
     config.model.options = {"dupsampling_basis": "runs/camvid_dupsampling_r16.npz"}

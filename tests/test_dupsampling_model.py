@@ -101,3 +101,58 @@ def test_dunet_options_and_errors(basis, rng):
         models.build("dunet", num_classes=NUM_CLASSES, **tiny(fused_features=("P7",)))
     with pytest.raises(ValueError, match="dupsampling_basis"):
         models.build("dunet", num_classes=NUM_CLASSES, **tiny(dupsampling_basis=3))
+
+
+def test_dunet_defaults_to_the_deep_stem_so_p1_is_conv1_3():
+    """The paper's ResNet-50 is modified as in DeepLabv3+: "P1" is the third stem conv."""
+    model = models.build("dunet", num_classes=NUM_CLASSES, **tiny())
+    stem_width = tiny()["backbone_options"]["stem_width"]
+    # Deep stem: stem_width, stem_width, 2 * stem_width channels; the 7x7 stem gives stem_width.
+    assert model.get_layer("reduce_P1").input.shape[-1] == 2 * stem_width
+    plain = models.build(
+        "dunet",
+        num_classes=NUM_CLASSES,
+        **tiny(backbone_options={**tiny()["backbone_options"], "deep_stem": False}),
+    )
+    assert plain.get_layer("reduce_P1").input.shape[-1] == stem_width
+
+
+def test_dunet_light_decoder_reduces_each_input_before_the_fusion():
+    light = models.build("dunet", num_classes=NUM_CLASSES, **tiny(low_level_channels=5))
+    assert light.get_layer("aggregate").output.shape[-1] == 16 + 5 + 5
+    assert [layer.name for layer in light.layers if layer.name.startswith("decoder_conv")] == [
+        "decoder_conv1"
+    ]
+    heavy = models.build("dunet", num_classes=NUM_CLASSES, **tiny(decoder="concat"))
+    pyramid = heavy.get_layer("aggregate").input
+    assert heavy.get_layer("aggregate").output.shape[-1] == sum(t.shape[-1] for t in pyramid)
+    assert "reduce_P5" not in {layer.name for layer in heavy.layers}
+    assert heavy.get_layer("decoder_conv2") is not None
+    with pytest.raises(ValueError, match="`decoder` must be one of"):
+        models.build("dunet", num_classes=NUM_CLASSES, **tiny(decoder="heavy"))
+    with pytest.raises(ValueError, match="`low_level_channels`.*received 0"):
+        models.build("dunet", num_classes=NUM_CLASSES, **tiny(low_level_channels=0))
+
+
+def test_dunet_full_size_decoder_macs_are_the_light_layout():
+    """ResNet-50 deep stem, OS16, conv1_3 + b3u6c3: the decoder MACs per stride-16 position
+    are exactly the 1x1 reductions, one 3x3 fuse, the code conv and DUpsampling's W."""
+    from keras_fusionseg import backbones
+    from keras_fusionseg.utils import count_macs
+
+    size, classes, ratio = 128, 21, 16
+    model = models.build("dunet", num_classes=classes, input_shape=(size, size, 3))
+    backbone = backbones.build_backbone(
+        "resnet50", input_shape=(size, size, 3), output_stride=ratio, deep_stem=True
+    )
+    per_position = (
+        2048 * 256  # last features 1x1 -> 256
+        + 128 * 48  # conv1_3 1x1 -> 48
+        + 1024 * 48  # b3u6c3 1x1 -> 48
+        + 9 * (256 + 48 + 48) * 256  # one 3x3 fuse
+        + 256 * 64  # code conv to C~ = 64
+        + 64 * ratio * ratio * classes  # DUpsampling's W
+    )
+    positions = (size // ratio) ** 2
+    decoder = count_macs(model, (size, size)) - count_macs(backbone, (size, size))
+    assert decoder == positions * per_position

@@ -3,15 +3,26 @@
 Tian, He, Shen, Yan, "Decoders Matter for Semantic Segmentation: Data-Dependent Decoding
 Enables Flexible Feature Aggregation", CVPR 2019, Fig. 2: the chosen low-level features are
 **downsampled** (bilinear) to the resolution of the last backbone features and concatenated
-with them (flexible aggregation, eq. 8), a few 3x3 convolutions follow, a 1x1 convolution
-predicts the C~-dimensional code, and `DUpsampling` (fixed W, Sec. 3.1) brings it to full
-resolution. The `"logits"` output is z / T with the learnable temperature of eq. 6
+with them (flexible aggregation, eq. 8), a light convolutional decoder f follows, a 1x1
+convolution predicts the C~-dimensional code, and `DUpsampling` (fixed W, Sec. 3.1) brings it
+to full resolution. The `"logits"` output is z / T with the learnable temperature of eq. 6
 (`AdaptiveTemperatureSoftmax`), so softmax cross-entropy on the logits is the paper's loss.
 
-Defaults: ResNet-50 at output stride 16 and fused features conv1_3 ("P1") + block3 ("P4",
-b3u6c3), Table 2's best (Table 2's "N/A" row equals Table 1's OS16 DUpsampling result).
-Pass `backbone_options={"deep_stem": True}` for the paper's ResNet-50 (conv1_3 is then the
-third stem conv; with the 7x7 stem "P1" is conv1). C~ = 64 for ResNet, 128 for Xception.
+Defaults: ResNet-50 "modified as in [DeepLabv3+]" (Sec. 4, implementation details), i.e. with
+the three-conv deep stem (the model's default backbone options), at output stride 16, and fused
+features conv1_3 ("P1", the third stem conv) + block3 ("P4", b3u6c3), Table 2's best (Table 2's
+"N/A" row equals Table 1's OS16 DUpsampling result); with `backbone_options={"deep_stem":
+False}` "P1" is the 7x7 conv1 instead. C~ = 64 for ResNet, 128 for Xception.
+
+Decoder layouts (`decoder`):
+- `"light"` (default; the paper's point, Table 3: the proposed decoder costs 1.15-1.56B FLOPS
+  against 5.53-22.34B for the vanilla one): after the downsampling, each fused low-level map
+  gets a 1x1 conv-BN-ReLU to `low_level_channels` (48, DeepLabv3+'s reduction) and the last
+  features a 1x1 conv-BN-ReLU to `decoder_channels` (256); the concatenation (352 channels)
+  goes through one 3x3 conv-BN-ReLU (`decoder_convs`) and the 1x1 code conv. The paper does
+  not give the widths; these are ours, and its FLOPS convention does not reproduce.
+- `"concat"`: the raw maps concatenated (3,200 channels for the default fusion) and two 3x3
+  conv-BN-ReLU (`decoder_convs`); about 5x the decoder MACs of `"light"`.
 
 Input sizes: DUpsampling gives r * ceil(H / r) rows; the model crops bottom/right to the
 input size, which is the paper's padding of H and W to multiples of r (Sec. 3.1). So any
@@ -74,15 +85,28 @@ def _basis(dupsampling_basis):
     )
 
 
-@register_model("dunet", default_backbone="resnet50", default_output_stride=16, tiny=TINY)
+DECODER_LAYOUTS = ("light", "concat")
+# The ResNet-50 of the paper is "modified as in [5]" (DeepLabv3+): three-conv deep stem.
+DUNET_BACKBONE = {"deep_stem": True}
+
+
+@register_model(
+    "dunet",
+    default_backbone="resnet50",
+    default_output_stride=16,
+    tiny=TINY,
+    default_backbone_options=DUNET_BACKBONE,
+)
 def dunet(
     backbone,
     *,
     num_classes,
     aux_outputs=False,
     fused_features=("P1", "P4"),
-    decoder_convs=2,
+    decoder="light",
+    decoder_convs=None,
     decoder_channels=256,
+    low_level_channels=48,
     code_channels=None,
     dupsampling_basis=None,
     trainable_reconstruction=False,
@@ -96,8 +120,12 @@ def dunet(
         aux_outputs: bool, return `{"logits": ...}` (the paper has no auxiliary loss).
         fused_features: tuple of pyramid keys downsampled and concatenated with "P5"
             (eq. 8); () for none. Default ("P1", "P4") = conv1_3 + b3u6c3 (Table 2 best).
-        decoder_convs: int >= 0, 3x3 conv-BN-ReLU layers after the concatenation.
-        decoder_channels: int, their width.
+        decoder: str, `"light"` (1x1 reductions before the fusion, Fig. 2 / Table 3) or
+            `"concat"` (the heavier variant on the raw concatenation); see the module doc.
+        decoder_convs: int >= 0 or None, 3x3 conv-BN-ReLU layers after the concatenation;
+            None = 1 for `"light"`, 2 for `"concat"`.
+        decoder_channels: int, their width (and that of the reduced last features).
+        low_level_channels: int, width of each fused map's 1x1 reduction (`"light"` only).
         code_channels: int C~ or None (64, or 128 on an Xception backbone; taken from the
             basis when one is given).
         dupsampling_basis: None, a `DUpsamplingBasis`, a path to its `.npz` file, or a
@@ -125,6 +153,16 @@ def dunet(
         code_channels = int(w.shape[1])
     if code_channels is None:
         code_channels = 128 if backbone.name.startswith("xception") else 64
+    if decoder not in DECODER_LAYOUTS:
+        raise ValueError(f"`decoder` must be one of {DECODER_LAYOUTS}, received {decoder!r}.")
+    if decoder_convs is None:
+        decoder_convs = 1 if decoder == "light" else 2
+    for arg, value in (
+        ("decoder_channels", decoder_channels),
+        ("low_level_channels", low_level_channels),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{arg}` must be a positive integer, received {value!r}.")
     if not isinstance(decoder_convs, int) or isinstance(decoder_convs, bool) or decoder_convs < 0:
         raise ValueError(f"`decoder_convs` must be an integer >= 0, received {decoder_convs!r}.")
     fused_features = tuple(fused_features)
@@ -139,10 +177,13 @@ def dunet(
     # Layers and functional graph.
     image = backbone.inputs[0]
     last = pyramid["P5"]
-    parts = [last]
+    light = decoder == "light"
+    parts = [ConvBNReLU(decoder_channels, 1, name="reduce_P5")(last) if light else last]
     for key in fused_features:
-        parts.append(ResizeToReference(name=f"downsample_{key}")([pyramid[key], last]))
-    x = keras.layers.Concatenate(name="aggregate")(parts) if len(parts) > 1 else last
+        # Eq. 8: downsample first, so all of f runs at the lowest resolution.
+        low = ResizeToReference(name=f"downsample_{key}")([pyramid[key], last])
+        parts.append(ConvBNReLU(low_level_channels, 1, name=f"reduce_{key}")(low) if light else low)
+    x = keras.layers.Concatenate(name="aggregate")(parts) if len(parts) > 1 else parts[0]
     for i in range(decoder_convs):
         x = ConvBNReLU(decoder_channels, 3, name=f"decoder_conv{i + 1}")(x)
     code = keras.layers.Conv2D(code_channels, 1, name="code_conv")(x)
