@@ -6,6 +6,8 @@
 For every image it writes `<stem>_label.png` (one channel, the class ids) and
 `<stem>_overlay.png` (dataset colours over the image, with a legend of the classes present).
 Class names and colours come from --dataset, else from the workdir's or export's config.
+A file that cannot be read or predicted is reported and skipped; the others are all written
+and the script exits with status 1 (--noskip_errors: stop at the first).
 """
 
 import os
@@ -29,6 +31,12 @@ _SIZE_DIVISOR = flags.DEFINE_integer(
     "size_divisor", 32, "Padding multiple (.keras and dynamic .tflite models)."
 )
 _NUM_THREADS = flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads.")
+_SKIP_ERRORS = flags.DEFINE_bool(
+    "skip_errors",
+    True,
+    "A file that cannot be read or predicted is reported and skipped, and the script exits "
+    "with status 1 at the end; --noskip_errors stops at the first such file.",
+)
 
 
 def main(argv):
@@ -47,6 +55,7 @@ def main(argv):
     segmenter = load_segmenter(_MODEL.value, **options)
     dataset = _DATASET.value or pf.dataset_name_for(_MODEL.value)
     class_names, palette = pf.class_names_and_palette(dataset, _NUM_CLASSES.value)
+    failures = [] if _SKIP_ERRORS.value else None
     written = pf.predict_files(
         segmenter,
         files,
@@ -56,8 +65,14 @@ def main(argv):
         alpha=_ALPHA.value,
         legend=_LEGEND.value,
         progress=len(files) > 1,
+        failures=failures,
     )
     print(f"{len(written)} images ({segmenter.kind} model) -> {_OUTPUT_DIR.value}/")
+    if failures:
+        print(f"{len(failures)} of {len(files)} files failed and were skipped:", file=sys.stderr)
+        for path, message in failures:
+            print(f"  {path}: {message}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def read_image(path, channels):
         with Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
             array = np.asarray(image)
-    except OSError as error:
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for damaged files
         raise ValueError(f"Cannot read image {path!r}: {error}") from error
     return array[..., None] if channels == 1 else array
 
@@ -92,6 +92,7 @@ def predict_files(
     alpha=0.5,
     legend=True,
     progress=True,
+    failures=None,
 ):
     """Writes `<stem>_label.png` (class ids) and `<stem>_overlay.png` for every file.
 
@@ -103,6 +104,9 @@ def predict_files(
         alpha: float, overlay opacity.
         legend: bool, append a legend of the classes present.
         progress: bool, show a progress bar.
+        failures: optional list. When given, a file that cannot be read or predicted is
+            appended to it as `(path, message)` and skipped (its outputs are not written,
+            every other file's are); without it the first such file raises.
 
     Returns:
         list of (label path, overlay path).
@@ -116,8 +120,17 @@ def predict_files(
         if stem in stems:  # same name in two folders
             stem = f"{stem}_{index}"
         stems.add(stem)
-        image = read_image(path, segmenter.channels)
-        class_ids = segmenter.class_ids(image)
+        try:
+            image = read_image(path, segmenter.channels)
+            class_ids = segmenter.class_ids(image)
+        except Exception as error:  # any failure on one file is reported, not fatal
+            if failures is None:
+                raise
+            message = getattr(error, "message", None) or str(error)
+            failures.append((path, f"{type(error).__name__}: {message}"))
+            if bar is not None:
+                bar.update(index + 1)
+            continue
         label_path = os.path.join(output_dir, f"{stem}_label.png")
         Image.fromarray(class_ids.astype(np.uint8)).save(label_path)
         picture = overlay(image, class_ids, palette, alpha=alpha)
