@@ -47,6 +47,19 @@ _MIXED_PRECISION = flags.DEFINE_enum(
 )
 
 
+def _check_num_classes(model, info, checkpoint, dataset):
+    """A checkpoint scored against another class count gives a meaningless mIoU: refuse it."""
+    shape = model.output_shape
+    if isinstance(shape, dict):
+        shape = shape.get("logits", next(iter(shape.values())))
+    predicted, expected = shape[-1], getattr(info, "num_classes", None)
+    if predicted is not None and expected is not None and predicted != expected:
+        raise ValueError(
+            f"Checkpoint {checkpoint!r} predicts {predicted} classes but the config's dataset "
+            f"{dataset!r} has {expected}; evaluate with the config the model was trained with."
+        )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -68,6 +81,7 @@ def main(argv):
             f"Checkpoint {checkpoint!r} does not exist; train first or pass --checkpoint."
         )
     model = keras.models.load_model(checkpoint, compile=False)
+    _check_num_classes(model, trainer.dataset_info(config), checkpoint, config.data.name)
     if _RECALIBRATE.value:
         from keras_fusionseg.training.batch_norm import recalibrate_batch_norm
 

@@ -1,4 +1,5 @@
-"""predict.py's skip-and-report mode: bad files are listed, every good file is written."""
+"""Script-level bad input: predict.py skips and reports bad files, evaluate.py refuses a checkpoint
+whose class count differs from the config."""
 
 import os
 import pathlib
@@ -48,3 +49,23 @@ def test_predict_script_skips_reports_and_fails_at_the_end(tmp_path):
     )
     assert stop.returncode != 0 and "b.png" in stop.stderr
     assert sorted(os.listdir(tmp_path / "out2")) == ["a_label.png", "a_overlay.png"]
+
+
+def test_evaluate_refuses_checkpoint_with_other_class_count(tmp_path):
+    tiny_segmenter(num_classes=3).save(tmp_path / "model.keras")  # synthetic_shapes has 6
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "evaluate.py"),
+            f"--config={ROOT / 'configs' / 'smoke.py'}",
+            f"--checkpoint={tmp_path / 'model.keras'}",
+            f"--workdir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ,
+    )
+    assert run.returncode != 0
+    assert "predicts 3 classes but the config's dataset 'synthetic_shapes' has 6" in run.stderr
+    assert not (tmp_path / "eval_whole" / "metrics.json").exists()
