@@ -113,6 +113,40 @@ MUTANTS = (
         "SeparableConvBN(pre_activation=True) applies no ReLU before the depthwise conv",
     ),
     Mutant(
+        "resize_to_multiple_of_32",
+        "keras_fusionseg/layers/common.py",
+        "        size = tf.shape(reference)[1:3]\n",
+        "        size = tf.shape(reference)[1:3] // 32 * 32\n",
+        ("tests/test_models_registry.py::test_model_builds_at_any_size_and_roundtrips",),
+        "decoders resize to the largest multiple of 32 instead of the reference size",
+    ),
+    Mutant(
+        "exfuse_models_unregistered",
+        "keras_fusionseg/models/__init__.py",
+        "import deeplab, dunet, exfuse, fastfcn, gff  #",
+        "import deeplab, dunet, fastfcn, gff  #",
+        ("tests/test_models_registry.py::test_the_twelve_models_are_registered",),
+        "the package forgets to import (so to register) gcn and exfuse",
+    ),
+    Mutant(
+        "training_flip_never_mirrors",
+        "keras_fusionseg/data/pipeline.py",
+        "    if flip:  # x1 > x2",
+        "    if False:  # x1 > x2",
+        ("tests/test_data_pipeline.py",),
+        "flip=True in the training pipeline never mirrors a crop",
+    ),
+    Mutant(
+        "training_flip_label_not_mirrored",
+        "keras_fusionseg/data/pipeline.py",
+        'label = sample_box(label, box, crop_hw, "nearest", ignore_label)',
+        "unflipped = tf.stack([box[0], tf.minimum(box[1], box[3]), box[2], "
+        "tf.maximum(box[1], box[3])])\n"
+        '    label = sample_box(label, unflipped, crop_hw, "nearest", ignore_label)',
+        ("tests/test_data_pipeline.py",),
+        "the image is mirrored but its label is not",
+    ),
+    Mutant(
         "ignore_label_counted",
         "keras_fusionseg/evaluation/confusion.py",
         "keep = tf.not_equal(labels, ignore_label)",

@@ -236,3 +236,37 @@ def test_keras_augmentation_layer_caveats():
     )
     with pytest.raises(Exception, match="symbolic"):
         images.map(keras.layers.RandomCrop(4, 4))
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_training_pipeline_flip_mirrors_image_and_label_together(flip):
+    # Column-index content, whole-image crops, no scaling or jitter: each example comes out
+    # either unchanged or mirrored, which is read from the pixels, not from the sampling box.
+    height, width, count = 6, 9, 24
+    columns = np.broadcast_to(np.arange(width, dtype=np.uint8) * 20, (count, height, width))
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"image": np.repeat(columns[..., None], 3, axis=-1), "label": columns[..., None]}
+    )
+    batches = data.training_pipeline(
+        ds,
+        crop_size=(height, width),
+        batch_size=count,
+        scale_range=None,
+        color_jitter=None,
+        ignore_label=255,
+        flip=flip,
+        shuffle_buffer=0,
+        seed=3,
+    )
+    images, labels = next(iter(batches))
+    mirrored = 0
+    for image, label in zip(images.numpy(), labels.numpy(), strict=True):
+        np.testing.assert_array_equal(image[..., 0], label)  # image and label stay aligned
+        if np.array_equal(label, columns[0][:, ::-1]):
+            mirrored += 1
+        else:
+            np.testing.assert_array_equal(label, columns[0])
+    if flip:  # 24 fair coin flips: both outcomes (fails with probability 2 ** -23)
+        assert 0 < mirrored < count
+    else:
+        assert mirrored == 0
