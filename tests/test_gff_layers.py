@@ -90,16 +90,19 @@ def gff_numpy(levels, kernels, biases, sequential):
 
 
 @pytest.mark.parametrize(
-    "per_channel_gates,sequential", [(False, False), (True, True), (True, False)]
+    "per_channel_gates,sequential,use_bias",
+    [(False, False, False), (False, False, True), (True, True, True), (True, False, False)],
 )
-def test_gated_fully_fusion_matches_eq5(per_channel_gates, sequential, rng):
+def test_gated_fully_fusion_matches_eq5(per_channel_gates, sequential, use_bias, rng):
     sizes = [(16, 12), (8, 6), (8, 6), (4, 3)]
     levels = [rng.normal(size=(2, *s, 5)).astype("float32") for s in sizes]
-    layer = GatedFullyFusion(per_channel_gates=per_channel_gates, sequential=sequential)
+    layer = GatedFullyFusion(
+        per_channel_gates=per_channel_gates, sequential=sequential, use_bias=use_bias
+    )
     layer(levels)
     ref.randomize_weights(layer, rng)
     kernels = [conv.kernel.numpy() for conv in layer.gate_convs]
-    biases = [conv.bias.numpy() for conv in layer.gate_convs]
+    biases = [conv.bias.numpy() if use_bias else None for conv in layer.gate_convs]
     fused, gates = layer(levels)
     expected_fused, expected_gates = gff_numpy(levels, kernels, biases, sequential)
     for got, want in zip(fused + gates, expected_fused + expected_gates, strict=True):
@@ -110,7 +113,7 @@ def test_gated_fully_fusion_matches_eq5(per_channel_gates, sequential, rng):
 def test_gated_fully_fusion_duplex_gating_extremes(rng):
     """A closed gate at level l (G_l = 0) makes it receive everything; G_l = 1 doubles X_l."""
     levels = [rng.normal(size=(1, 4, 4, 2)).astype("float32") for _ in range(3)]
-    layer = GatedFullyFusion()
+    layer = GatedFullyFusion(use_bias=True)
     layer(levels)
     for conv, bias in zip(layer.gate_convs, (-50.0, 50.0, 50.0), strict=True):
         conv.kernel.assign(np.zeros(conv.kernel.shape, "float32"))
@@ -129,6 +132,22 @@ def test_gated_fully_fusion_unknown_size_and_roundtrip(tmp_path, rng):
     assert [tuple(f.shape) for f in out["fused"]] == [tuple(a.shape) for a in x]
     assert all(0 <= float(tf.reduce_min(g)) and float(tf.reduce_max(g)) <= 1 for g in out["gates"])
     roundtrip(model, x, tmp_path)
+
+
+def test_gated_fully_fusion_gates_have_no_bias_by_default_as_eq5():
+    """G_l = sigmoid(w_l * X_l), w_l in R^{1x1xC}: C weights per level, no bias."""
+    layer = GatedFullyFusion()
+    layer.build([(None, 8, 8, 6), (None, 4, 4, 6), (None, 2, 2, 6)])
+    assert [conv.count_params() for conv in layer.gate_convs] == [6, 6, 6]
+    released = GatedFullyFusion(use_bias=True)
+    released.build([(None, 8, 8, 6), (None, 4, 4, 6)])
+    assert [conv.count_params() for conv in released.gate_convs] == [7, 7]
+    # A config saved before the flag existed describes biased gates.
+    config = GatedFullyFusion().get_config()
+    del config["use_bias"]
+    assert GatedFullyFusion.from_config(config).use_bias is True
+    with pytest.raises(ValueError, match="`use_bias` must be a bool, received 1"):
+        GatedFullyFusion(use_bias=1)
 
 
 def test_gated_fully_fusion_rejects_bad_inputs():
@@ -167,8 +186,11 @@ def test_dense_feature_pyramid_matches_eq6(kernel_size, rng):
 
 def test_dense_feature_pyramid_shapes_and_roundtrip(tmp_path, rng):
     inputs = [keras.Input((None, None, c)) for c in (8, 4, 4)]
-    model = keras.Model(inputs, DenseFeaturePyramid(filters=5)(inputs))
+    dfp = DenseFeaturePyramid(filters=5)
+    model = keras.Model(inputs, dfp(inputs))
     assert model.output_shape == (None, None, None, 15)
+    # H_i is one 1x1 conv by default, as in `gffnet` (a "single convolution layer").
+    assert [f.conv.kernel.shape[:2] for f in dfp.fusions] == [(1, 1)] * 3
     x = [rng.normal(size=(1, h, h, c)).astype("float32") for h, c in ((4, 8), (4, 4), (8, 4))]
     assert model(x).shape == (1, 8, 8, 15)
     roundtrip(model, x, tmp_path)

@@ -13,10 +13,15 @@ from keras_fusionseg.models.gff import gate_maps_model
 def test_gffnet_resnet101_parameter_count():
     """Ours beside GFF Table 3 (PSPNet + GFF + DFP: 70.5M; their exact layout is unknown).
 
-    Without DFP (`use_dfp=False`) the count is 71,311,959 (paper: 69.7M), see the README.
+    Without DFP (`use_dfp=False`) the count is 71,311,955 (paper: 69.7M), see the README.
+    The gates have no bias (eq. 5); the released code's biased gates add one per level.
     """
     model = models.build("gffnet", num_classes=19, backbone_options=RESNET101_7X7_STEM)
-    assert parameters_without_moving_statistics(model) == 72_620_375
+    assert parameters_without_moving_statistics(model) == 72_620_371
+    biased = models.build(
+        "gffnet", num_classes=19, backbone_options=RESNET101_7X7_STEM, gate_use_bias=True
+    )
+    assert parameters_without_moving_statistics(biased) == 72_620_371 + 4
 
 
 def test_gffnet_tiny_any_size_roundtrip_training_and_gates(tmp_path, rng):

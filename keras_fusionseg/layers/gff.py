@@ -160,7 +160,8 @@ class GatedFullyFusion(keras.layers.Layer):
     """Gated fully fusion of L feature levels: every level receives gated features of all others.
 
     GFF (Li et al., AAAI 2020) Sec. "Gated Fully Fusion", eq. 5 and Fig. 2:
-    G_l = sigmoid(w_l * X_l + b_l) (1x1 conv with bias) and
+    G_l = sigmoid(w_l * X_l) (1x1 conv, w_l in R^{1x1xC}, no bias; `use_bias=True` adds the
+    released code's bias b_l) and
     X~_l = (1 + G_l) * X_l + (1 - G_l) * sum_{i != l} G_i * X_i,
     where each product G_i * X_i is resized bilinearly to level l's size. Inputs must
     already share one channel count (the GFF network reduces every level to 256 channels
@@ -180,6 +181,7 @@ class GatedFullyFusion(keras.layers.Layer):
     Args:
         per_channel_gates: bool, see above.
         sequential: bool, see above.
+        use_bias: bool, bias in the gate convs (False: eq. 5; True: released code).
 
     Example:
     >>> import numpy as np
@@ -189,13 +191,18 @@ class GatedFullyFusion(keras.layers.Layer):
     ([(1, 16, 16, 8), (1, 8, 8, 8)], [(1, 16, 16, 1), (1, 8, 8, 1)])
     """
 
-    def __init__(self, per_channel_gates=False, sequential=False, **kwargs):
+    def __init__(self, per_channel_gates=False, sequential=False, use_bias=False, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("per_channel_gates", per_channel_gates), ("sequential", sequential)):
+        for name, value in (
+            ("per_channel_gates", per_channel_gates),
+            ("sequential", sequential),
+            ("use_bias", use_bias),
+        ):
             if not isinstance(value, bool):
                 raise ValueError(f"`{name}` must be a bool, received {value!r}.")
         self.per_channel_gates = per_channel_gates
         self.sequential = sequential
+        self.use_bias = use_bias
         self.gate_convs = []
 
     def build(self, input_shape):
@@ -209,7 +216,7 @@ class GatedFullyFusion(keras.layers.Layer):
         channels = channels.pop()
         gate_channels = channels if self.per_channel_gates else 1
         self.gate_convs = [
-            keras.layers.Conv2D(gate_channels, 1, use_bias=True, name=f"gate_{level + 1}")
+            keras.layers.Conv2D(gate_channels, 1, use_bias=self.use_bias, name=f"gate_{level + 1}")
             for level in range(len(input_shape))
         ]
         for conv, shape in zip(self.gate_convs, input_shape, strict=True):
@@ -244,7 +251,13 @@ class GatedFullyFusion(keras.layers.Layer):
             **super().get_config(),
             "per_channel_gates": self.per_channel_gates,
             "sequential": self.sequential,
+            "use_bias": self.use_bias,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        # Files saved before the flag existed have biased gates.
+        return cls(**{"use_bias": True, **config})
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -265,7 +278,8 @@ class DenseFeaturePyramid(keras.layers.Layer):
 
     Args:
         filters: int, channels of each y_i.
-        kernel_size: int, kernel of each H_i (the paper says "a single convolution layer").
+        kernel_size: int, kernel of each H_i (the paper says "a single convolution layer";
+            1 by default, as `gffnet`; 3 is the other reading).
         bn_momentum, bn_epsilon: float, batch-norm settings.
 
     Example:
@@ -279,7 +293,7 @@ class DenseFeaturePyramid(keras.layers.Layer):
     def __init__(
         self,
         filters=256,
-        kernel_size=3,
+        kernel_size=1,
         bn_momentum=HEAD_BN_MOMENTUM,
         bn_epsilon=HEAD_BN_EPSILON,
         **kwargs,

@@ -152,6 +152,7 @@ def gffnet(
     use_dfp=True,
     per_channel_gates=False,
     sequential_fusion=False,
+    gate_use_bias=False,
     aux_width=256,
     dropout=0.1,
     aux_weight=0.4,
@@ -179,6 +180,7 @@ def gffnet(
         use_dfp: bool, add the dense feature pyramid.
         per_channel_gates: bool, one gate per channel (released code) instead of per level.
         sequential_fusion: bool, fuse levels in turn (released code) instead of eq. 5 at once.
+        gate_use_bias: bool, bias in the gate convs (released code); eq. 5 has none.
         aux_width: int, channels of the auxiliary head's 3x3 conv (256).
         dropout: float, dropout before each 1x1 classifier (0.1).
         aux_weight: float, loss weight of the auxiliary head (0.4).
@@ -200,7 +202,10 @@ def gffnet(
         for key, x in zip(GFF_LEVELS, stages, strict=True)
     ]
     fused, _ = GatedFullyFusion(
-        per_channel_gates=per_channel_gates, sequential=sequential_fusion, name="gff"
+        per_channel_gates=per_channel_gates,
+        sequential=sequential_fusion,
+        use_bias=gate_use_bias,
+        name="gff",
     )(reduced)
     refined = []
     for key, x in zip(GFF_LEVELS, fused, strict=True):
