@@ -71,6 +71,18 @@ def test_densely_adjacent_prediction_constant_input(rng):
     assert not np.allclose(y[0, 0, 0], expected)  # the border sees zeros
 
 
+def test_densely_adjacent_prediction_offset_sign():
+    """Group g = l*k + m at (p, q) predicts the pixel (p + k//2 - l, q + k//2 - m)."""
+    x = np.zeros((1, 5, 5, 9), "float32")
+    x[0, 2, 2, 0] = 9.0  # group 0 (l = m = 0), one class
+    x[0, 2, 2, 8] = 18.0  # group 8 (l = m = 2)
+    y = np.asarray(DenselyAdjacentPrediction(3)(x))[0, :, :, 0]
+    expected = np.zeros((5, 5), "float32")
+    expected[3, 3] = 1.0  # lower-right neighbour
+    expected[1, 1] = 2.0  # upper-left neighbour
+    np.testing.assert_allclose(y, expected, atol=1e-6)
+
+
 def test_densely_adjacent_prediction_errors():
     with pytest.raises(ValueError, match="kernel_size"):
         DenselyAdjacentPrediction(2)

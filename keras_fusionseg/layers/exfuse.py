@@ -262,9 +262,11 @@ class DenselyAdjacentPrediction(keras.layers.Layer):
     """Densely Adjacent Prediction: average each class's k x k adjacent predictions (eq. 3).
 
     Paper: "ExFuse", ECCV 2018, Sec. 3.2, eq. 3 and Fig. 6. The input has num_classes * k * k
-    channels in k*k groups; group g = l*k + m predicts the scores of the pixel at offset
-    (l - k//2, m - k//2), and
-    r_c(i, j) = 1/k^2 * sum_{0 <= l, m < k} x_{g=(l*k+m), c}(i + l - k//2, j + m - k//2).
+    channels in k*k groups and
+    r_c(i, j) = 1/k^2 * sum_{0 <= l, m < k} x_{g=(l*k+m), c}(i + l - k//2, j + m - k//2),
+    so group g = l*k + m read at position (p, q) predicts the scores of the pixel at offset
+    (k//2 - l, k//2 - m) from it, i.e. at (p - l + k//2, q - m + k//2): group 0 (l = m = 0)
+    of a feature point predicts its lower-right neighbour (k = 3).
 
     Channel order: input channel g * num_classes + c holds class c of group g (group-major,
     the `depth_to_space` convention). Positions outside the map count as zero and the sum is
