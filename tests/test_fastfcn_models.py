@@ -62,3 +62,11 @@ def test_fastfcn_rejects_bad_options():
         models.build("fastfcn_encnet", num_classes=3, **{**tiny, "jpu_width": 0})
     with pytest.raises(ValueError, match="`num_codes`"):
         models.build("fastfcn_encnet", num_classes=3, **{**tiny, "num_codes": 0})
+
+
+@pytest.mark.parametrize("name", ["dilated_aspp", "fastfcn_aspp"])
+def test_aspp_head_projection_dropout_of_the_reference(name):
+    tiny = models.get_model_spec(name).tiny
+    assert models.build(name, num_classes=3, **tiny).get_layer("aspp").dropout == 0.5
+    other = models.build(name, num_classes=3, projection_dropout=0.1, **tiny)
+    assert other.get_layer("aspp").dropout == 0.1

@@ -115,14 +115,17 @@ def _aspp_model(
     jpu_width,
     head_width,
     aspp_rates,
+    projection_dropout,
     aux_width,
     dropout,
     loss_weights,
 ):
-    """DeepLabv3 head (FastFCN reference): ASPP, 3x3 conv-BN-ReLU, dropout, 1x1."""
+    """DeepLabv3 head (FastFCN reference): ASPP (its projection followed by dropout 0.5),
+    3x3 conv-BN-ReLU, dropout, 1x1."""
     _check_common(head_width, aux_width, dropout)
     x = _features(backbone, use_jpu, jpu_width, name)
-    x = ASPP(filters=head_width, atrous_rates=aspp_rates, dropout=0.0, name="aspp")(x)
+    aspp = ASPP(head_width, atrous_rates=aspp_rates, dropout=projection_dropout, name="aspp")
+    x = aspp(x)
     x = conv_bn_relu(head_width, 3, "aspp_conv")(x)
     logits = classifier(x, num_classes, dropout, "logits_conv")
     aux = _aux(backbone, aux_outputs, num_classes, aux_width, dropout, name)
@@ -226,6 +229,7 @@ def _register_aspp(name, use_jpu, default_output_stride):
         jpu_width=512,
         head_width=256,
         aspp_rates=ASPP_RATES_OS8,
+        projection_dropout=0.5,
         aux_width=256,
         dropout=0.1,
         loss_weights=None,
@@ -239,6 +243,7 @@ def _register_aspp(name, use_jpu, default_output_stride):
             jpu_width=jpu_width,
             head_width=head_width,
             aspp_rates=aspp_rates,
+            projection_dropout=projection_dropout,
             aux_width=aux_width,
             dropout=dropout,
             loss_weights=loss_weights or FASTFCN_LOSS_WEIGHTS,
@@ -253,6 +258,8 @@ def _register_aspp(name, use_jpu, default_output_stride):
         f"{kind} + DeepLabv3 ASPP head (rates 12/24/36 at stride 8).\n"
         + _ARGS.format(se="")
         + "        aspp_rates: tuple of int, ASPP atrous rates (12, 24, 36).\n"
+        + "        projection_dropout: float, dropout after the ASPP projection (0.5, the\n"
+        + "            FastFCN reference's head; DeepLab's own ASPP uses 0.1).\n"
     )
     tiny = {**(TINY_JPU if use_jpu else TINY_HEAD), "aspp_rates": (1, 2, 3)}
     return register_model(
