@@ -171,6 +171,14 @@ MUTANTS = (
         "DAP reads group (m, l) for the neighbour at offset (l, m)",
     ),
     Mutant(
+        "psp_bottleneck_1x1",
+        "keras_fusionseg/models/gff.py",
+        'return conv_bn_relu(width, 3, f"{name}_bottleneck")(x)',
+        'return conv_bn_relu(width, 1, f"{name}_bottleneck")(x)',
+        ("tests/test_pspnet_model.py",),
+        "PSPNet's bottleneck after pyramid pooling is 1x1 instead of 3x3",
+    ),
+    Mutant(
         "ignore_label_counted",
         "keras_fusionseg/evaluation/confusion.py",
         "keep = tf.not_equal(labels, ignore_label)",
