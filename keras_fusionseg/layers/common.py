@@ -9,6 +9,12 @@ need static sizes; antialiased resizing has no TFLite kernel.)
 import keras
 import tensorflow as tf
 
+from keras_fusionseg.layers.atrous import (  # noqa: F401  (re-exported: shared building blocks)
+    AtrousConv2D,
+    AtrousDepthwiseConv2D,
+    native_dilated_convs,
+)
+
 PACKAGE = "keras_fusionseg"
 
 BN_MOMENTUM = 0.9997
@@ -36,56 +42,6 @@ def resize_bilinear(x, size):
     """Bilinear resize (half-pixel centres, no antialiasing) keeping the input dtype."""
     y = tf.image.resize(x, size, method="bilinear")
     return tf.cast(y, x.dtype)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class AtrousConv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` that runs dilated kernels as one native `Conv2D` op.
-
-    Atrous convolution, DeepLabv3+ Sec. 3.1, eq. 1. Keras lowers a dilated conv to
-    `tf.nn.convolution`, which wraps it in SpaceToBatchND/BatchToSpaceND with paddings
-    computed from the input shape; with a partly known shape (batch known, height unknown,
-    as in `model.predict` on a new size) Grappler's constant folding computes those
-    paddings from the wrong size and the op fails, or silently misaligns. The native op
-    takes `dilations` directly (CPU, GPU, TFLite `CONV_2D`), so there is nothing to fold.
-    Weights and config are those of `Conv2D`.
-    """
-
-    def convolution_op(self, inputs, kernel):
-        if max(self.dilation_rate) == 1 or self.groups != 1 or self.data_format != "channels_last":
-            return super().convolution_op(inputs, kernel)
-        return tf.nn.conv2d(
-            inputs,
-            kernel,
-            strides=list(self.strides),
-            padding=self.padding.upper(),
-            dilations=list(self.dilation_rate),
-        )
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class AtrousDepthwiseConv2D(keras.layers.DepthwiseConv2D):
-    """`keras.layers.DepthwiseConv2D` whose dilated kernels run as one native op.
-
-    The depthwise half of atrous separable convolution (DeepLabv3+ Sec. 3.1); see
-    `AtrousConv2D` for why the native `DepthwiseConv2dNative` op with `dilations` is used.
-    """
-
-    def call(self, inputs):
-        if max(self.dilation_rate) == 1 or self.data_format != "channels_last":
-            return super().call(inputs)
-        outputs = tf.raw_ops.DepthwiseConv2dNative(
-            input=inputs,
-            filter=tf.cast(self.kernel, inputs.dtype),
-            strides=[1, *self.strides, 1],
-            padding=self.padding.upper(),
-            dilations=[1, *self.dilation_rate, 1],
-        )
-        if self.use_bias:
-            outputs = outputs + tf.cast(self.bias, outputs.dtype)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

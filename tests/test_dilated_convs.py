@@ -1,0 +1,153 @@
+"""Dilated convolutions: equal to stock Keras and to NumPy, forward and gradients, on any CPU.
+
+CI runs this file with oneDNN off (the kernels of ARM, macOS and AVX2-only x86) and on.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_fusionseg.layers import AtrousConv2D, AtrousDepthwiseConv2D, ConvBNReLU
+from keras_fusionseg.layers.atrous import native_dilated_convs
+
+pytestmark = pytest.mark.onednn
+
+# kernel_size, rate, padding, input (N, H, W, C): odd sizes, kernels wider than the map,
+# an even kernel (asymmetric "same" padding), non-square kernels.
+CASES = [
+    (3, 2, "same", (2, 13, 9, 4)),
+    (3, 6, "same", (1, 7, 11, 3)),
+    (5, 3, "same", (2, 10, 15, 2)),
+    (2, 3, "same", (1, 9, 8, 3)),
+    ((1, 3), 2, "same", (2, 6, 7, 2)),
+    (3, 2, "valid", (2, 11, 12, 3)),
+]
+
+
+def numpy_dilated_conv(x, kernel, rate, padding, depthwise):
+    """Direct sum of DeepLabv3+ eq. 1 (correlation; TF 'same' puts the odd pixel after)."""
+    kh, kw = kernel.shape[:2]
+    span_h, span_w = rate * (kh - 1), rate * (kw - 1)
+    if padding == "same":
+        x = np.pad(x, [(0, 0), (span_h // 2, span_h - span_h // 2),
+                       (span_w // 2, span_w - span_w // 2), (0, 0)])
+    out_h, out_w = x.shape[1] - span_h, x.shape[2] - span_w
+    if depthwise:
+        channels, multiplier = kernel.shape[2:]
+        y = np.zeros((x.shape[0], out_h, out_w, channels * multiplier))
+    else:
+        y = np.zeros((x.shape[0], out_h, out_w, kernel.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            tap = x[:, i * rate : i * rate + out_h, j * rate : j * rate + out_w]
+            if depthwise:
+                y += (tap[..., :, None] * kernel[i, j]).reshape(y.shape)
+            else:
+                y += tap @ kernel[i, j]
+    return y
+
+
+def make_pair(depthwise, kernel_size, rate, padding, channels, multiplier=1):
+    kwargs = dict(kernel_size=kernel_size, dilation_rate=rate, padding=padding, use_bias=True)
+    if depthwise:
+        ours = AtrousDepthwiseConv2D(depth_multiplier=multiplier, **kwargs)
+        stock = keras.layers.DepthwiseConv2D(depth_multiplier=multiplier, **kwargs)
+    else:
+        ours, stock = AtrousConv2D(5, **kwargs), keras.layers.Conv2D(5, **kwargs)
+    shape = (None, None, None, channels)
+    ours.build(shape)
+    stock.build(shape)
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(size=w.shape).astype("float32") for w in ours.get_weights()]
+    ours.set_weights(weights)
+    stock.set_weights(weights)
+    return ours, stock
+
+
+def output_and_gradients(layer, x, upstream):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * upstream)
+    grads = tape.gradient(loss, [x, *layer.trainable_weights])
+    return [np.asarray(y)] + [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("depthwise,multiplier", [(False, 1), (True, 1), (True, 2)])
+@pytest.mark.parametrize("kernel_size,rate,padding,shape", CASES)
+def test_matches_stock_keras_and_numpy(depthwise, multiplier, kernel_size, rate, padding, shape):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype("float32")
+    ours, stock = make_pair(depthwise, kernel_size, rate, padding, shape[-1], multiplier)
+    y_stock = np.asarray(stock(x))
+    upstream = rng.normal(size=y_stock.shape).astype("float32")
+    mine = output_and_gradients(ours, x, upstream)
+    reference = output_and_gradients(stock, x, upstream)
+    for name, a, b in zip(["output", "d_input", "d_kernel", "d_bias"], mine, reference, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=name)
+    kernel, bias = (w.numpy() for w in ours.weights)
+    expected = numpy_dilated_conv(x.astype("float64"), kernel, rate, padding, depthwise) + bias
+    np.testing.assert_allclose(mine[0], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_partly_known_shapes_in_tf_function(depthwise):
+    rng = np.random.default_rng(2)
+    ours, stock = make_pair(depthwise, 3, 3, "same", 4)
+
+    @tf.function(input_signature=[tf.TensorSpec([2, None, 9, 4])])
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = ours(x)
+            loss = tf.reduce_sum(y * y)
+        return y, tape.gradient(loss, [x, ours.kernel])
+
+    for height in (7, 12):
+        x = rng.normal(size=(2, height, 9, 4)).astype("float32")
+        y, (dx, dk) = step(tf.constant(x))
+        ref = output_and_gradients(stock, x, 2 * np.asarray(stock(x)))
+        np.testing.assert_allclose(y, ref[0], atol=1e-5)
+        np.testing.assert_allclose(dx, ref[1], atol=1e-4)
+        np.testing.assert_allclose(dk, ref[2], rtol=1e-4, atol=1e-3)
+
+
+def _graph_ops(fn, spec):
+    graph = tf.function(fn, input_signature=[spec]).get_concrete_function().graph
+    return {(op.type, tuple(op.get_attr("dilations")) if "dilations" in op.node_def.attr else ())
+            for op in graph.get_operations()}
+
+
+def test_graph_uses_only_portable_kernels():
+    # Guards portability on any machine, also where oneDNN would run the non-portable
+    # kernels: no dilated depthwise op, no dilated backprop op, no SpaceToBatchND.
+    inputs = keras.Input((None, None, 3))
+    x = ConvBNReLU(4, 3, dilation_rate=2)(inputs)
+    x = AtrousDepthwiseConv2D(3, dilation_rate=3, padding="same")(x)
+    model = keras.Model(inputs, x)
+
+    def train_step(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(images, training=True))
+        return tape.gradient(loss, model.trainable_weights)
+
+    ops = _graph_ops(train_step, tf.TensorSpec([1, None, 17, 3]))
+    types = {t for t, _ in ops}
+    assert not types & {"SpaceToBatchND", "BatchToSpaceND", "DepthwiseConv2dNative",
+                        "Conv2DBackpropInput", "Conv2DBackpropFilter",
+                        "DepthwiseConv2dNativeBackpropInput",
+                        "DepthwiseConv2dNativeBackpropFilter"}, types
+    assert ("Conv2D", (1, 2, 2, 1)) in ops  # the dense forward stays one native dilated conv
+
+    with native_dilated_convs():
+        native_ops = _graph_ops(lambda images: model(images), tf.TensorSpec([1, None, 17, 3]))
+    assert ("DepthwiseConv2dNative", (1, 3, 3, 1)) in native_ops
+
+
+def test_invalid_dilation_settings_name_the_layer():
+    with pytest.raises(ValueError, match="strides"):
+        AtrousDepthwiseConv2D(3, strides=2, dilation_rate=2, name="dw")(np.zeros((1, 8, 8, 2)))
+    with pytest.raises(ValueError, match="same along"):
+        AtrousConv2D(2, 3, dilation_rate=(2, 3), name="c")(np.zeros((1, 8, 8, 2)))
