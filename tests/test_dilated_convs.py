@@ -146,8 +146,20 @@ def test_graph_uses_only_portable_kernels():
     assert ("DepthwiseConv2dNative", (1, 3, 3, 1)) in native_ops
 
 
+def test_strided_valid_dilated_depthwise_is_the_subsampled_stride_1_conv():
+    # (Keras' Conv2D itself refuses strides with dilation; DepthwiseConv2D accepts them.)
+    x = np.random.default_rng(3).normal(size=(1, 11, 12, 2)).astype("float32")
+    ours, _ = make_pair(True, 3, 2, "valid", 2)
+    strided = AtrousDepthwiseConv2D(3, dilation_rate=2, strides=2, padding="valid")
+    strided.build(x.shape)
+    strided.set_weights(ours.get_weights())
+    np.testing.assert_allclose(strided(x), np.asarray(ours(x))[:, ::2, ::2], atol=1e-6)
+
+
 def test_invalid_dilation_settings_name_the_layer():
-    with pytest.raises(ValueError, match="strides"):
-        AtrousDepthwiseConv2D(3, strides=2, dilation_rate=2, name="dw")(np.zeros((1, 8, 8, 2)))
+    with pytest.raises(ValueError, match="'dw'.*padding='valid'"):
+        AtrousDepthwiseConv2D(
+            3, strides=2, dilation_rate=2, padding="same", name="dw"
+        )(np.zeros((1, 8, 8, 2)))
     with pytest.raises(ValueError, match="same along"):
         AtrousConv2D(2, 3, dilation_rate=(2, 3), name="c")(np.zeros((1, 8, 8, 2)))

@@ -187,7 +187,12 @@ def _native_depthwise(x, kernel, rate, padding):
 
 
 def _dilated(layer):
-    """The single dilation rate when `layer` needs our path, else None (stock Keras path)."""
+    """(rate, stride) when `layer` needs our path, else None (the stock Keras path).
+
+    A stride with dilation is the stride-1 VALID output subsampled (the explicitly padded
+    strided units of the backbones); "same" padding with both has TF's stride-dependent
+    padding and is refused.
+    """
     rate_h, rate_w = layer.dilation_rate
     if max(rate_h, rate_w) == 1 or layer.data_format != "channels_last":
         return None
@@ -196,12 +201,20 @@ def _dilated(layer):
             f"{type(layer).__name__} {layer.name!r}: `dilation_rate` must be the same along "
             f"height and width, received {layer.dilation_rate}."
         )
-    if max(layer.strides) != 1:
+    stride_h, stride_w = layer.strides
+    if max(stride_h, stride_w) > 1 and layer.padding != "valid":
         raise ValueError(
-            f"{type(layer).__name__} {layer.name!r}: `strides` must be 1 when `dilation_rate` "
-            f"> 1, received strides {layer.strides} and dilation_rate {layer.dilation_rate}."
+            f"{type(layer).__name__} {layer.name!r}: `strides` > 1 with `dilation_rate` > 1 "
+            f"needs padding='valid' (pad explicitly), received strides {layer.strides}, "
+            f"dilation_rate {layer.dilation_rate} and padding {layer.padding!r}."
         )
-    return rate_h
+    return rate_h, (stride_h, stride_w)
+
+
+def _subsample(y, strides):
+    if max(strides) == 1:
+        return y
+    return y[:, :: strides[0], :: strides[1], :]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -213,12 +226,15 @@ class AtrousConv2D(keras.layers.Conv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        rate = _dilated(self)
-        if rate is None or self.groups != 1:
+        dilated = _dilated(self)
+        if dilated is None or self.groups != 1:
             return super().convolution_op(inputs, kernel)
+        rate, strides = dilated
         if native_enabled():
-            return tf.nn.conv2d(inputs, kernel, 1, self.padding.upper(), dilations=rate)
-        return dilated_conv2d(inputs, kernel, rate, self.padding)
+            outputs = tf.nn.conv2d(inputs, kernel, 1, self.padding.upper(), dilations=rate)
+        else:
+            outputs = dilated_conv2d(inputs, kernel, rate, self.padding)
+        return _subsample(outputs, strides)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -230,14 +246,16 @@ class AtrousDepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """
 
     def call(self, inputs):
-        rate = _dilated(self)
-        if rate is None:
+        dilated = _dilated(self)
+        if dilated is None:
             return super().call(inputs)
+        rate, strides = dilated
         kernel = tf.cast(self.kernel, inputs.dtype)
         if native_enabled():
             outputs = _native_depthwise(inputs, kernel, rate, self.padding)
         else:
             outputs = dilated_depthwise_conv2d(inputs, kernel, rate, self.padding)
+        outputs = _subsample(outputs, strides)
         if self.use_bias:
             outputs = outputs + tf.cast(self.bias, outputs.dtype)
         if self.activation is not None:
