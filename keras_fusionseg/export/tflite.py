@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fusionseg.export.saved_model import main_logits
+from keras_fusionseg.layers.atrous import native_dilated_convs
 
 QUANTIZATIONS = ("fp32", "fp16", "dynamic_int8", "full_int8")
 
@@ -77,9 +78,11 @@ def make_converter(
     def infer(images):
         return {"logits": tf.cast(main_logits(model(images, training=False)), tf.float32)}
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [infer.get_concrete_function()], model
-    )
+    # TFLite has dilated CONV_2D / DEPTHWISE_CONV_2D kernels: trace the native ops, one per
+    # layer, which the converter fuses with their batch norms (layers/atrous.py).
+    with native_dilated_convs():
+        concrete = infer.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     # Convert the frozen graph directly: the default detour through a temporary SavedModel
     # costs 2-3x the conversion time on our models and leaves Keras 3 variables unfrozen.
     converter.experimental_lower_to_saved_model = False
