@@ -1,4 +1,4 @@
-"""ExFuse on GCN (ResNet-50, all components, SS and ECRE aux losses 0.4) on CamVid.
+"""ExFuse on GCN (ResNet-50, all components; SS losses 0.4 in all, ECRE loss 0.4) on CamVid.
 
 Same data and schedule as `deeplabv3plus_mobilenetv2_camvid.py`; sized for an accelerator (a
 ResNet-50 step at 256x352, batch 8, takes tens of seconds on a 2-core CPU).

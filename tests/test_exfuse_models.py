@@ -66,6 +66,30 @@ def test_exfuse_all_components_train_and_roundtrip(rng, tmp_path):
         np.testing.assert_allclose(cloned[key], outputs[key], atol=1e-5)
 
 
+def test_exfuse_auxiliary_weights_are_normalised():
+    """The four SS losses share 0.4 (adapted from ImageNet pre-training); ECRE keeps 0.4."""
+    model = models.build("exfuse", num_classes=NUM_CLASSES, aux_outputs=True, **tiny("exfuse"))
+    weights = {key: weight for key, (_, weight) in model.loss_spec.items()}
+    assert weights == {
+        "logits": 1.0,
+        "ss_P2": 0.1,
+        "ss_P3": 0.1,
+        "ss_P4": 0.1,
+        "ss_P5": 0.1,
+        "ecre": 0.4,
+    }
+    assert sum(weights.values()) - 1.0 < 1.0  # auxiliary terms below the main loss
+    custom = models.build(
+        "exfuse",
+        num_classes=NUM_CLASSES,
+        aux_outputs=True,
+        **tiny("exfuse", ss_loss_weight=0.8, ecre_loss_weight=0.2),
+    )
+    assert custom.loss_spec["ss_P3"][1] == 0.2 and custom.loss_spec["ecre"][1] == 0.2
+    with pytest.raises(ValueError, match="`ss_loss_weight`.*received 0"):
+        models.build("exfuse", num_classes=NUM_CLASSES, **tiny("exfuse", ss_loss_weight=0))
+
+
 def test_gcn_baseline_trains(rng):
     model = models.build("gcn", num_classes=NUM_CLASSES, aux_outputs=True, **tiny("gcn"))
     assert set(model.loss_spec) == {"logits"}

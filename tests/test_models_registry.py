@@ -1,5 +1,7 @@
 """Every registered model: builds at any size, returns logits at input resolution, round-trips `.keras`."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -155,3 +157,46 @@ def test_models_accept_a_foreign_backbone_with_pyramid_outputs(name, rng):
     model = models.build(name, num_classes=NUM_CLASSES, backbone=hand_made_backbone(), **options)
     y = model(rng.uniform(0, 255, size=(1, 64, 96, 3)).astype("float32"))
     assert y.shape == (1, 64, 96, NUM_CLASSES), name
+
+
+def test_backbone_weights_misfit_from_default_options_warns_and_loads_what_fits(
+    monkeypatch, tmp_path
+):
+    """ExFuse's layer rearrangement has no ImageNet weights: a file for the standard layout
+    loads where it fits, with a warning naming the default options; other misfits raise."""
+    widths = {"stage_widths": (8, 16, 32, 64), "stem_width": 16}
+    standard = backbones.build_backbone("resnet50", depths=(1, 1, 1, 1), **widths)
+    path = str(tmp_path / "standard.weights.h5")
+    standard.save_weights(path)
+
+    def builder(backbone, *, num_classes, aux_outputs=False):
+        logits = keras.layers.Conv2D(num_classes, 1)(backbone.pyramid_outputs["P5"])
+        return keras.Model(backbone.inputs, logits)
+
+    spec = models.registry.ModelSpec(
+        "rearranged", builder, "resnet50", 32, "", {}, {"depths": (2, 1, 1, 1)}
+    )
+    monkeypatch.setitem(models.registry._MODELS, "rearranged", spec)
+    with pytest.warns(UserWarning, match="default options \\{'depths': \\(2, 1, 1, 1\\)\\}"):
+        model = models.build(
+            "rearranged", num_classes=2, backbone_weights=path, backbone_options=widths
+        )
+    stem = standard.get_layer("conv1_conv").kernel.numpy()
+    np.testing.assert_array_equal(model.get_layer("conv1_conv").kernel.numpy(), stem)
+    # Overriding the default builds the file's layout: strict load, no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        models.build(
+            "rearranged",
+            num_classes=2,
+            backbone_weights=path,
+            backbone_options={**widths, "depths": (1, 1, 1, 1)},
+        )
+    # A misfit the defaults do not explain still raises.
+    with pytest.raises(ValueError, match="does not fit"):
+        models.build(
+            "rearranged",
+            num_classes=2,
+            backbone_weights=path,
+            backbone_options={**widths, "depths": (1, 2, 1, 1)},
+        )

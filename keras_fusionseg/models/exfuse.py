@@ -10,9 +10,12 @@ ECCV 2018, Fig. 2 adds five switchable components (its Table 3 ablation):
 - semantic supervision (SS, Sec. 3.1): a head on every stage (3x3 conv-BN-ReLU twice, then
   a 1x1 classifier) with an auxiliary loss ("ss_P2".."ss_P5"); `ss_features="block"` feeds
   the GCN from the head's 2nd conv instead of the stage (Table 3 #2). The paper supervises
-  these heads with ImageNet classification while pre-training the backbone and then drops
-  the classifiers; without that pre-training stage we supervise them with the segmentation
-  label (per-pixel, at the stage's resolution) during segmentation training.
+  these heads with ImageNet classification while pre-training the backbone ("a weighted
+  summation of all auxiliary branches") and then drops the classifiers; without that
+  pre-training stage we supervise them with the segmentation label (per-pixel, at the stage's
+  resolution) during segmentation training (adapted). Their weights are normalised: the four
+  SS losses share `ss_loss_weight` (0.4 in all, 0.1 each), so the auxiliary terms do not
+  outweigh the main loss.
 - layer rearrangement (LR, Sec. 3.1): a backbone option, see `LAYER_REARRANGEMENT`.
 - semantic embedding branch (SEB, Sec. 3.1, Fig. 4) on levels 1-3 ("P2".."P4").
 - explicit channel resolution embedding (ECRE, Sec. 3.2, Fig. 5): the first top-down
@@ -92,7 +95,8 @@ def _gcn_exfuse(
     channel_resolution_embedding,
     densely_adjacent_prediction,
     dap_kernel_size,
-    aux_loss_weight,
+    ss_loss_weight,
+    ecre_loss_weight,
 ):
     for flag in (
         "semantic_supervision",
@@ -103,10 +107,9 @@ def _gcn_exfuse(
         _check_bool(flag, locals()[flag])
     if ss_features not in SS_FEATURES:
         raise ValueError(f"`ss_features` must be one of {SS_FEATURES}, received {ss_features!r}.")
-    if not isinstance(aux_loss_weight, int | float) or aux_loss_weight <= 0:
-        raise ValueError(
-            f"`aux_loss_weight` must be a positive number, received {aux_loss_weight!r}."
-        )
+    for arg, value in (("ss_loss_weight", ss_loss_weight), ("ecre_loss_weight", ecre_loss_weight)):
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"`{arg}` must be a positive number, received {value!r}.")
     pyramid = backbone.pyramid_outputs
     missing = [key for key in LEVELS if key not in pyramid]
     if missing:
@@ -158,7 +161,9 @@ def _gcn_exfuse(
     y = BoundaryRefinement(name="br_up2")(y)
     logits = dap(y) if dap is not None else y
 
-    weights = {key: float(aux_loss_weight) for key in aux}
+    ss_heads = [key for key in aux if key.startswith("ss_")]
+    weights = {key: float(ss_loss_weight) / len(ss_heads) for key in ss_heads}
+    weights["ecre"] = float(ecre_loss_weight)
     outputs, loss_spec = finalize_outputs(logits, aux, aux_outputs, weights)
     model = keras.Model(image, outputs, name=name)
     model.loss_spec = loss_spec
@@ -181,7 +186,9 @@ _ARGS_DOC = """
         channel_resolution_embedding: bool, ECRE for the "P5" -> "P4" upsampling.
         densely_adjacent_prediction: bool, DAP (decoder width num_classes * k * k).
         dap_kernel_size: odd int k of DAP (3).
-        aux_loss_weight: float, weight of each auxiliary loss.
+        ss_loss_weight: float, total weight of the four SS losses, shared equally (0.4:
+            0.1 each; the paper weights them in ImageNet pre-training, not here).
+        ecre_loss_weight: float, weight of the ECRE loss (0.4).
 """
 
 
@@ -199,7 +206,8 @@ def gcn(
     channel_resolution_embedding=False,
     densely_adjacent_prediction=False,
     dap_kernel_size=3,
-    aux_loss_weight=0.4,
+    ss_loss_weight=0.4,
+    ecre_loss_weight=0.4,
 ):
     """GCN with boundary refinement (Peng et al., CVPR 2017), the ExFuse baseline (Table 3 #1)."""
     return _gcn_exfuse(backbone, name="gcn", **_options(locals()))
@@ -225,7 +233,8 @@ def exfuse(
     channel_resolution_embedding=True,
     densely_adjacent_prediction=True,
     dap_kernel_size=3,
-    aux_loss_weight=0.4,
+    ss_loss_weight=0.4,
+    ecre_loss_weight=0.4,
 ):
     """ExFuse on GCN (Zhang et al., ECCV 2018), SS, SEB, ECRE and DAP on (Table 3 #7).
 

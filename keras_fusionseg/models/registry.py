@@ -7,6 +7,7 @@ and returns a `keras.Model` from the backbone's input to logits at input resolut
 """
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 
 import keras
@@ -130,7 +131,10 @@ def build(
         output_stride: 8, 16 or 32; None for the model's default.
         weights: optional path to a `.weights.h5` file of the whole model.
         backbone_weights: optional path to a pretrained backbone weight file (e.g. the
-            Keras Applications ImageNet file), loaded by layer name.
+            Keras Applications ImageNet file), loaded by layer name. If it does not fit
+            because of the model's default backbone options (e.g. ExFuse's layer
+            rearrangement, which has no ImageNet weights), a warning names those options
+            and the layers that fit are loaded; any other misfit raises.
         backbone_options: dict of extra backbone arguments (e.g. `{"multi_grid": (1, 2, 4)}`),
             merged over the model's `default_backbone_options` when the default backbone is
             built (`backbone` None or its name), so naming the default changes nothing.
@@ -163,9 +167,11 @@ def build(
             backbone or spec.default_backbone,
             input_shape=input_shape,
             output_stride=output_stride,
-            weights=backbone_weights,
             **{**defaults, **(backbone_options or {})},
         )
+        if backbone_weights is not None:
+            kept = {k: v for k, v in defaults.items() if k not in (backbone_options or {})}
+            _load_backbone_weights(name, backbone_model, backbone_weights, kept)
     model = spec.builder(
         backbone_model, num_classes=num_classes, aux_outputs=aux_outputs, **options
     )
@@ -174,6 +180,29 @@ def build(
     if weights is not None:
         load_model_weights(model, weights)
     return model
+
+
+def _load_backbone_weights(model_name, backbone, path, default_options):
+    """Strict load, unless the model's own default options are why the file does not fit."""
+    from keras_fusionseg.backbones.weights import load_backbone_weights
+
+    if not default_options:
+        load_backbone_weights(backbone, path)
+        return
+    try:
+        load_backbone_weights(backbone, path)
+    except ValueError as error:
+        report = load_backbone_weights(backbone, path, strict=False)
+        total = report["loaded"] + len(report["missing"]) + len(report["mismatched"])
+        warnings.warn(
+            f"`{model_name}` builds its backbone with the default options {default_options}, "
+            f"which the weight file {str(path)!r} was not made for (e.g. ExFuse's layer "
+            "rearrangement has no ImageNet weights): loaded the "
+            f"{report['loaded']} of {total} weighted layers that fit; the others keep their "
+            "initialisation. Override those keys in `backbone_options` to build the layout "
+            f"of the file. Details: {error}",
+            stacklevel=3,
+        )
 
 
 def load_model_weights(model, path):
