@@ -12,6 +12,8 @@ from tensorflow.python.framework.convert_to_constants import (
     convert_variables_to_constants_v2,
 )
 
+from keras_fusionseg.layers.atrous import native_dilated_convs
+
 # Op types whose profiler FLOPs are counted (2 FLOPs per multiply-add).
 COUNTED_OP_TYPES = (
     "Conv2D",
@@ -80,7 +82,10 @@ def macs_by_op_type(model, input_size, batch_size=1, count_dilation_padding=Fals
             )
     spec = tf.TensorSpec((batch_size, height, width, model_input.shape[-1]), model_input.dtype)
     function = tf.function(lambda x: model(x, training=False), autograph=False)
-    function = function.get_concrete_function(spec)
+    # One native op per dilated conv (the portable form spreads depthwise taps over
+    # element-wise ops the profiler does not count).
+    with native_dilated_convs():
+        function = function.get_concrete_function(spec)
     frozen = convert_variables_to_constants_v2(function)
     graph = tf.Graph()
     with graph.as_default():
