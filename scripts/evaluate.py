@@ -94,7 +94,8 @@ def main(argv):
         f"{results['num_images']} images ({results['eval_mode']}). Reports in {output_dir}/"
     )
     for width, scores in results.get("trimap", {}).items():
-        print(f"  trimap band {width} px: mIoU {scores['mean_iou']:.4f}")
+        band = results["trimap_band"]
+        print(f"  trimap band ({band}) {width} px: mIoU {scores['mean_iou']:.4f}")
 
 
 if __name__ == "__main__":

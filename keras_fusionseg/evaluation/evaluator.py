@@ -53,6 +53,7 @@ def evaluate(
     crop_size=None,
     stride=None,
     trimap_widths=(),
+    trimap_band="boundaries",
     max_images=0,
     verbose=1,
 ):
@@ -67,13 +68,15 @@ def evaluate(
         mode: `"whole"`, `"multiscale"` (uses `scales`, `flip`) or `"sliding"` (uses
             `crop_size`, `stride`).
         trimap_widths: band widths (pixels) for the boundary (trimap) evaluation; empty to skip.
+        trimap_band: `"boundaries"` (bands around label boundaries) or `"void"` (dilated void
+            annotations only, the DeepLabv3+ protocol); see `evaluation.boundary`.
         max_images: int, stop after this many images (0 = all).
         verbose: 0 or 1 (progress bar).
 
     Returns:
         dict with `mean_iou`, `pixel_accuracy`, `per_class_iou` (name -> IoU or None when the
         class is absent), `num_images`, `eval_mode`, `confusion` (ndarray) and, with
-        `trimap_widths`, `trimap` (width -> {mean_iou, pixel_accuracy}).
+        `trimap_widths`, `trimap_band` and `trimap` (width -> {mean_iou, pixel_accuracy}).
     """
     if mode not in inference.EVAL_MODES:
         raise ValueError(f"`mode` must be one of {list(inference.EVAL_MODES)}, received {mode!r}.")
@@ -83,6 +86,10 @@ def evaluate(
     if len(class_names) != num_classes:
         raise ValueError(
             f"`class_names` has {len(class_names)} names for num_classes={num_classes}."
+        )
+    if trimap_widths and trimap_band not in boundary.BAND_SOURCES:
+        raise ValueError(
+            f"`trimap_band` must be one of {list(boundary.BAND_SOURCES)}, received {trimap_band!r}."
         )
     predictor = inference.Predictor(model)
     confusion = np.zeros((num_classes, num_classes), np.float64)
@@ -103,7 +110,7 @@ def evaluate(
         confusion += confusion_from_labels(label, prediction, num_classes, ignore_label).numpy()
         if bands:
             for width, band in boundary.band_confusions(
-                label, prediction, bands, num_classes, ignore_label
+                label, prediction, bands, num_classes, ignore_label, band_source=trimap_band
             ).items():
                 bands[width] += band
         count += 1
@@ -132,6 +139,7 @@ def evaluate(
         "confusion": confusion,
     }
     if bands:
+        results["trimap_band"] = trimap_band
         results["trimap"] = {}
         for width, band in bands.items():
             band_scores = iou_from_confusion(band)

@@ -77,6 +77,7 @@ def default_config():
     config.eval.crop_size = ()  # sliding window; empty = data.crop_size
     config.eval.stride = ()  # empty = 2/3 of the crop
     config.eval.trimap_widths = ()
+    config.eval.trimap_band = "boundaries"  # or "void": dilate void pixels only (DeepLabv3+)
     config.eval.max_images = 0
     return config
 
@@ -202,11 +203,17 @@ def validate_config(config, workdir=None, source="config"):
         problems.append(
             f"mixed_precision must be one of {list(PRECISIONS)}, received {config.mixed_precision!r}"
         )
+    from keras_fusionseg.evaluation.boundary import BAND_SOURCES
     from keras_fusionseg.evaluation.inference import EVAL_MODES
 
     if config.eval.mode not in EVAL_MODES:
         problems.append(
             f"eval.mode must be one of {list(EVAL_MODES)}, received {config.eval.mode!r}"
+        )
+    if config.eval.trimap_band not in BAND_SOURCES:
+        problems.append(
+            f"eval.trimap_band must be one of {list(BAND_SOURCES)}, "
+            f"received {config.eval.trimap_band!r}"
         )
     if problems:
         _fail(problems, source)

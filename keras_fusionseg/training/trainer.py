@@ -308,6 +308,7 @@ def evaluate_config(config, model, info=None, verbose=1):
         crop_size=crop,
         stride=tuple(config.eval.stride) or None,
         trimap_widths=tuple(config.eval.trimap_widths),
+        trimap_band=config.eval.trimap_band,
         max_images=config.eval.max_images,
         verbose=verbose,
     )
