@@ -18,6 +18,21 @@ def test_make_strategy_names():
         strategies.make_strategy("gpu_cluster")
 
 
+def test_multi_replica_fix_refuses_an_untested_keras(monkeypatch):
+    import types
+
+    import keras
+
+    mirrored = types.SimpleNamespace(num_replicas_in_sync=2)  # what the fix reads
+    monkeypatch.setattr(keras, "__version__", "3.99.0")
+    with pytest.raises(RuntimeError, match=r"tested with Keras 3\.15\.x only, this is Keras 3\.99\.0"):
+        with strategies.distributed_fit_fix(mirrored):
+            pass
+    monkeypatch.setattr(keras, "__version__", "3.15.9")
+    with strategies.distributed_fit_fix(mirrored):
+        pass  # the tested release enters the patch
+
+
 def _finish(process, name):
     try:
         output, _ = process.communicate(timeout=TIMEOUT)

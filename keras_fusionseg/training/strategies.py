@@ -78,6 +78,36 @@ def is_chief(strategy):
     )
 
 
+# Keras releases whose private trainer internals `distributed_fit_fix` was tested against.
+PATCH_TESTED_KERAS = ((3, 15),)
+
+
+def _check_patchable_keras():
+    """Refuses, with the supported versions named, a Keras the multi-replica fix was not tested on."""
+    import keras
+
+    version = tuple(int(part) for part in keras.__version__.split(".")[:2])
+    tested = ", ".join(f"{major}.{minor}.x" for major, minor in PATCH_TESTED_KERAS)
+    problem = None
+    if version not in PATCH_TESTED_KERAS:
+        problem = f"it was tested with Keras {tested} only, this is Keras {keras.__version__}"
+    else:
+        try:
+            from keras.src.backend.tensorflow import trainer
+
+            trainer.TensorFlowTrainer._maybe_symbolic_build  # noqa: B018
+            trainer.reduce_per_replica  # noqa: B018
+        except (ImportError, AttributeError) as error:
+            problem = f"Keras {keras.__version__} lacks the internals it replaces ({error})"
+    if problem:
+        raise RuntimeError(
+            "Training on several replicas needs keras_fusionseg's patch of Keras' private "
+            f"trainer internals (keras-team/keras#20585), and {problem}. Install Keras "
+            f"{tested} (`pip install 'keras=={PATCH_TESTED_KERAS[-1][0]}.{PATCH_TESTED_KERAS[-1][1]}.*'`) "
+            "or train with --strategy=one_device."
+        )
+
+
 @contextlib.contextmanager
 def distributed_fit_fix(strategy):
     """Context in which Keras `fit` works under multi-worker and multi-replica strategies.
@@ -89,6 +119,7 @@ def distributed_fit_fix(strategy):
     ):
         yield
         return
+    _check_patchable_keras()
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
