@@ -179,6 +179,49 @@ MUTANTS = (
         "PSPNet's bottleneck after pyramid pooling is 1x1 instead of 3x3",
     ),
     Mutant(
+        "segmentation_loss_without_gradient",
+        "keras_fusionseg/training/losses.py",
+        "return tf.math.divide_no_nan(tf.reduce_sum(pixel_loss), tf.cast(count, tf.float32))",
+        "return tf.stop_gradient(\n"
+        "            tf.math.divide_no_nan(tf.reduce_sum(pixel_loss), tf.cast(count, tf.float32))\n"
+        "        )",
+        ("tests/test_training_runs.py::test_training_lowers_the_loss_on_a_fixed_batch",),
+        "the segmentation loss has the right value but passes no gradient",
+    ),
+    Mutant(
+        "train_ignores_loss_weights",
+        "keras_fusionseg/training/trainer.py",
+        "optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=metrics",
+        "optimizer=optimizer, loss=loss, loss_weights=None, metrics=metrics",
+        ("tests/test_training_runs.py::test_train_weighs_aux_and_se_losses",),
+        "train() compiles without the aux / SE loss weights (all weigh 1)",
+    ),
+    Mutant(
+        "precise_bn_skipped",
+        "keras_fusionseg/training/trainer.py",
+        "recalibration = config.train.bn_recalibration_batches\n",
+        "recalibration = 0\n",
+        ("tests/test_training_runs.py",),
+        "train.bn_recalibration_batches is ignored: no batch-norm re-estimation",
+    ),
+    Mutant(
+        "final_bn_reestimation_skipped",
+        "keras_fusionseg/training/trainer.py",
+        "        if recalibration:\n"
+        "            recalibrate_batch_norm(model, recalibration_images, recalibration)\n",
+        "",
+        ("tests/test_training_runs.py",),
+        "the final checkpoint is saved without re-estimating batch-norm statistics",
+    ),
+    Mutant(
+        "depthwise_kernels_decayed",
+        "keras_fusionseg/training/optimizers.py",
+        "undecayed_depthwise = [] if decay_depthwise else depthwise_kernels(model)",
+        "undecayed_depthwise = []",
+        ("tests/test_training_runs.py",),
+        "depthwise kernels (named 'kernel' in Keras 3) get weight decay by default",
+    ),
+    Mutant(
         "ignore_label_counted",
         "keras_fusionseg/evaluation/confusion.py",
         "keep = tf.not_equal(labels, ignore_label)",

@@ -79,11 +79,22 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
 def is_decayed(variable, decay_depthwise=False):
     """Weight decay applies to conv/dense kernels only, never to BN, biases or other params.
 
-    Depthwise kernels are excluded by default, as in the DeepLab reference.
+    Depthwise kernels are excluded by default, as in the DeepLab reference. This rule sees
+    only names: a Keras 3 `DepthwiseConv2D` names its kernel "kernel" too, so `build_optimizer`
+    also excludes those by identity (`depthwise_kernels`).
     """
     # Distributed updates may pass the per-device variable, named like ".../kernel:0".
     name = variable.name.split("/")[-1].split(":")[0]
     return name == "kernel" or (decay_depthwise and name == "depthwise_kernel")
+
+
+def depthwise_kernels(model):
+    """The kernels of `model`'s `DepthwiseConv2D` layers (nested layers included)."""
+    return [
+        layer.kernel
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.DepthwiseConv2D)
+    ]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -107,9 +118,18 @@ class SGDWithL2(keras.optimizers.SGD):
             raise ValueError(f"`l2` must be >= 0, received {l2!r}.")
         self.l2 = float(l2)
         self.decay_depthwise = bool(decay_depthwise)
+        self._l2_excluded = set()
+
+    def exclude_from_l2(self, variables):
+        """No L2 term on `variables`, whatever their names (call before the first step)."""
+        self._l2_excluded = {self._var_key(v) for v in variables}
 
     def update_step(self, gradient, variable, learning_rate):
-        if self.l2 > 0 and is_decayed(variable, self.decay_depthwise):
+        if (
+            self.l2 > 0
+            and is_decayed(variable, self.decay_depthwise)
+            and self._var_key(variable) not in self._l2_excluded
+        ):
             gradient = ops.add(ops.cast(gradient, variable.dtype), ops.multiply(variable, self.l2))
         super().update_step(gradient, variable, learning_rate)
 
@@ -136,17 +156,21 @@ def build_optimizer(
         weight_decay: float, L2 coefficient (SGD) or decoupled decay (AdamW).
         decay_depthwise: bool, also decay depthwise kernels.
     """
+    undecayed_depthwise = [] if decay_depthwise else depthwise_kernels(model)
     if name == "sgd":
-        return SGDWithL2(
+        optimizer = SGDWithL2(
             l2=weight_decay,
             decay_depthwise=decay_depthwise,
             learning_rate=learning_rate,
             momentum=momentum,
         )
+        optimizer.exclude_from_l2(undecayed_depthwise)
+        return optimizer
     if name == "adamw":
         optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
         optimizer.exclude_from_weight_decay(
             var_list=[v for v in model.trainable_variables if not is_decayed(v, decay_depthwise)]
+            + undecayed_depthwise
         )
         return optimizer
     raise ValueError(f"`optimizer` must be 'sgd' or 'adamw', received {name!r}.")
