@@ -70,3 +70,16 @@ def test_aspp_head_projection_dropout_of_the_reference(name):
     assert models.build(name, num_classes=3, **tiny).get_layer("aspp").dropout == 0.5
     other = models.build(name, num_classes=3, projection_dropout=0.1, **tiny)
     assert other.get_layer("aspp").dropout == 0.1
+
+
+@pytest.mark.parametrize("name", ["pspnet", "encnet", "fastfcn_psp"])
+def test_head_dropout_drops_whole_channels(name):
+    """Dropout2d of the references: a channel is zeroed everywhere or kept everywhere."""
+    tiny = models.get_model_spec(name).tiny
+    model = models.build(name, num_classes=3, aux_outputs=True, **tiny)
+    for layer_name in ("logits_conv_dropout", "aux_logits_dropout"):
+        layer = model.get_layer(layer_name)
+        y = np.asarray(layer(np.ones((2, 6, 5, 64), "float32"), training=True))
+        per_channel = y.reshape(2, 30, 64)
+        assert np.all(per_channel.min(axis=1) == per_channel.max(axis=1)), layer_name
+        assert 0 < np.count_nonzero(per_channel[:, 0]) < 128

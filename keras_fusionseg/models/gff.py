@@ -56,9 +56,13 @@ def conv_bn_relu(filters, kernel_size, name):
 
 
 def classifier(x, num_classes, dropout, name):
-    """Dropout then a 1x1 conv with bias to class logits (PSPNet / EncNet heads)."""
+    """Channel dropout then a 1x1 conv with bias to class logits (PSPNet / EncNet heads).
+
+    The PSPNet, EncNet, FastFCN and GFF references drop whole feature maps before their
+    classifiers (2-D "spatial" dropout), not single activations.
+    """
     if dropout:
-        x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+        x = keras.layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(x)
     return keras.layers.Conv2D(num_classes, 1, name=name)(x)
 
 
