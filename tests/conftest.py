@@ -30,3 +30,36 @@ def shared_dataset(name):
     if not path.is_dir():
         pytest.skip(f"{path} not present")
     return path
+
+
+# Test files that run dilated or depthwise convs, export, or training: CI runs them a second
+# time with oneDNN on (`-m onednn`), after the whole suite with oneDNN off (.ci/run).
+ONEDNN_LANE = {
+    "test_backbones",
+    "test_backbones_xception",
+    "test_deeplab_layers",
+    "test_deeplab_models",
+    "test_dilated_convs",
+    "test_exfuse_tflite",
+    "test_export_all_models",
+    "test_export_saved_model",
+    "test_fastfcn_models",
+    "test_layers_common",
+    "test_layers_common_numpy",
+    "test_models_registry",
+    "test_predict",
+    "test_pspnet_model",
+    "test_resume",
+    "test_serve",
+    "test_strategies",
+    "test_tflite",
+    "test_training",
+    "test_training_batch_norm",
+    "test_training_runs",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.stem in ONEDNN_LANE:
+            item.add_marker(pytest.mark.onednn)

@@ -11,8 +11,6 @@ import tensorflow as tf
 from keras_fusionseg.layers import AtrousConv2D, AtrousDepthwiseConv2D, ConvBNReLU
 from keras_fusionseg.layers.atrous import native_dilated_convs
 
-pytestmark = pytest.mark.onednn
-
 # kernel_size, rate, padding, input (N, H, W, C): odd sizes, kernels wider than the map,
 # an even kernel (asymmetric "same" padding), non-square kernels.
 CASES = [
