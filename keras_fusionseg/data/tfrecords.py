@@ -328,13 +328,35 @@ def check_shard(path):
     return index
 
 
+def _parsed_or_flagged(path, index, record):
+    """`(path, index, parsed, features)`: `parsed` is False, features empty, when `record`
+    is not an Example with the expected feature types.
+
+    TensorFlow's parse error quotes the raw record bytes, names no shard and can fail to
+    decode as UTF-8 in Python; parsing inside a one-element dataset with `ignore_errors`
+    swallows only that parse (never the shard reader's own errors), and `decode` turns the
+    flag into an error naming the shard and record.
+    """
+    empty = {key: tf.constant(spec.default_value, spec.dtype) for key, spec in _FEATURES.items()}
+    parsed = (
+        tf.data.Dataset.from_tensors(record)
+        .map(lambda r: (True, tf.io.parse_single_example(r, _FEATURES)))
+        .ignore_errors()
+    )
+    fallback = tf.data.Dataset.from_tensors((False, empty))
+    return (
+        parsed.concatenate(fallback).take(1).map(lambda ok, features: (path, index, ok, features))
+    )
+
+
 def tfrecord_dataset(pattern, *, num_classes=None, label_map=None, ignore_label=IGNORE_LABEL):
     """Lazily decoded dataset of Model Garden segmentation TFRecords.
 
     Shards are interleaved one record at a time in file order, which restores the order
     `write_tfrecords` received the examples in. Every shard's record framing is checked
-    first (`check_shard`). Errors name the shard, the record index and the stored file name; a record without `image/encoded` or
-    `image/segmentation/class/encoded` is an error.
+    first (`check_shard`). Errors name the shard, the record index and the stored file name; a
+    record that is not a `tf.train.Example` with these feature types, or one without
+    `image/encoded` or `image/segmentation/class/encoded`, is an error.
     """
     files = sources.glob_files(os.fspath(pattern))
     for path in files:
@@ -344,6 +366,7 @@ def tfrecord_dataset(pattern, *, num_classes=None, label_map=None, ignore_label=
             tf.data.TFRecordDataset(path)
             .enumerate()
             .map(lambda index, record: (path, index, record))
+            .flat_map(_parsed_or_flagged)
         ),
         cycle_length=len(files),
         block_length=1,
@@ -351,11 +374,21 @@ def tfrecord_dataset(pattern, *, num_classes=None, label_map=None, ignore_label=
         deterministic=True if len(files) > 1 else None,
     )
 
-    def decode(path, index, record):
-        features = tf.io.parse_single_example(record, _FEATURES)
-        name = tf.strings.join(
-            [path, " record ", tf.strings.as_string(index), " (", features[IMAGE_FILENAME], ")"]
+    def decode(path, index, parsed, features):
+        # The stored file name is arbitrary bytes; an error message must stay valid UTF-8.
+        filename = tf.strings.unicode_transcode(
+            features[IMAGE_FILENAME], "UTF-8", "UTF-8", errors="replace"
         )
+        name = tf.strings.join([path, " record ", tf.strings.as_string(index), " (", filename, ")"])
+        checks = [
+            _assert(
+                parsed,
+                tf.strings.join([path, " record ", tf.strings.as_string(index)]),
+                "TFRecord record is not a tf.train.Example with the segmentation features",
+            )
+        ]
+        with tf.control_dependencies(checks):
+            features = {key: tf.identity(value) for key, value in features.items()}
         checks = [
             _assert(
                 tf.strings.length(features[key]) > 0,
