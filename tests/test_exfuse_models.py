@@ -90,6 +90,24 @@ def test_exfuse_auxiliary_weights_are_normalised():
         models.build("exfuse", num_classes=NUM_CLASSES, **tiny("exfuse", ss_loss_weight=0))
 
 
+def test_exfuse_decoder_width_without_dap_is_the_more_channels_baseline(rng):
+    """ExFuse Table 5 #2: the decoder as wide as with DAP (classes * 9), DAP off."""
+    options = tiny("exfuse", densely_adjacent_prediction=False, decoder_width=NUM_CLASSES * 9)
+    model = models.build("exfuse", num_classes=NUM_CLASSES, aux_outputs=True, **options)
+    assert model.get_layer("gcn_P5").output.shape[-1] == NUM_CLASSES * 9
+    assert model.get_layer("br_up2").output.shape[-1] == NUM_CLASSES * 9
+    assert model.get_layer("classifier").output.shape[-1] == NUM_CLASSES
+    outputs = predict(model, rng.uniform(0, 255, size=(1, 64, 48, 3)).astype("float32"))
+    assert outputs["logits"].shape == (1, 64, 48, NUM_CLASSES)
+    assert outputs["ecre"].shape[-1] == NUM_CLASSES
+    plain = models.build("exfuse", num_classes=NUM_CLASSES, **tiny("exfuse"))
+    assert "classifier" not in {layer.name for layer in plain.layers}
+    with pytest.raises(ValueError, match="needs `densely_adjacent_prediction=False`"):
+        models.build("exfuse", num_classes=NUM_CLASSES, **tiny("exfuse", decoder_width=64))
+    with pytest.raises(ValueError, match="`decoder_width` must be None or an integer"):
+        models.build("gcn", num_classes=NUM_CLASSES, **tiny("gcn", decoder_width=1))
+
+
 def test_gcn_baseline_trains(rng):
     model = models.build("gcn", num_classes=NUM_CLASSES, aux_outputs=True, **tiny("gcn"))
     assert set(model.loss_spec) == {"logits"}

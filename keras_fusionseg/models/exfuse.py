@@ -95,6 +95,7 @@ def _gcn_exfuse(
     channel_resolution_embedding,
     densely_adjacent_prediction,
     dap_kernel_size,
+    decoder_width,
     ss_loss_weight,
     ecre_loss_weight,
 ):
@@ -120,6 +121,22 @@ def _gcn_exfuse(
     image = backbone.inputs[0]
     groups = dap_kernel_size**2 if densely_adjacent_prediction else 1
     width = num_classes * groups  # decoder width (189 for 21 classes with DAP, k = 3)
+    if decoder_width is not None:
+        is_int = isinstance(decoder_width, int) and not isinstance(decoder_width, bool)
+        if not is_int or decoder_width < num_classes:
+            raise ValueError(
+                f"`decoder_width` must be None or an integer >= num_classes ({num_classes}), "
+                f"received {decoder_width!r}."
+            )
+        if groups > 1 and decoder_width != width:
+            raise ValueError(
+                f"With DAP the decoder is num_classes * k * k = {width} wide; `decoder_width`="
+                f"{decoder_width} needs `densely_adjacent_prediction=False`."
+            )
+        width = decoder_width
+    # A decoder wider than the classes without DAP ("Baseline (more channels)", ExFuse
+    # Table 5 #2) ends in 1x1 classifiers.
+    widened = groups == 1 and width != num_classes
     dap = DenselyAdjacentPrediction(dap_kernel_size, name="dap") if groups > 1 else None
     aux = {}
 
@@ -149,7 +166,12 @@ def _gcn_exfuse(
     for level in reversed(LEVELS[:-1]):
         if channel_resolution_embedding and level == LEVELS[-2]:
             up = ExplicitChannelResolutionEmbedding(width, name="ecre_upsample")([y, scores[level]])
-            aux["ecre"] = dap(up) if dap is not None else up
+            if dap is not None:
+                aux["ecre"] = dap(up)
+            elif widened:
+                aux["ecre"] = keras.layers.Conv2D(num_classes, 1, name="ecre_classifier")(up)
+            else:
+                aux["ecre"] = up
         else:
             up = ResizeToReference(name=f"upsample_to_{level}")([y, scores[level]])
         y = keras.layers.Add(name=f"fuse_{level}")([up, scores[level]])
@@ -160,6 +182,8 @@ def _gcn_exfuse(
     y = ResizeToReference(name="upsample2")([y, image])
     y = BoundaryRefinement(name="br_up2")(y)
     logits = dap(y) if dap is not None else y
+    if widened:
+        logits = keras.layers.Conv2D(num_classes, 1, name="classifier")(y)
 
     ss_heads = [key for key in aux if key.startswith("ss_")]
     weights = {key: float(ss_loss_weight) / len(ss_heads) for key in ss_heads}
@@ -186,6 +210,9 @@ _ARGS_DOC = """
         channel_resolution_embedding: bool, ECRE for the "P5" -> "P4" upsampling.
         densely_adjacent_prediction: bool, DAP (decoder width num_classes * k * k).
         dap_kernel_size: odd int k of DAP (3).
+        decoder_width: None (num_classes, or num_classes * k * k with DAP) or an int >=
+            num_classes: without DAP, a decoder this wide followed by 1x1 classifiers, e.g.
+            189 for 21 classes, the "Baseline (more channels)" of ExFuse Table 5 #2.
         ss_loss_weight: float, total weight of the four SS losses, shared equally (0.4:
             0.1 each; the paper weights them in ImageNet pre-training, not here).
         ecre_loss_weight: float, weight of the ECRE loss (0.4).
@@ -206,6 +233,7 @@ def gcn(
     channel_resolution_embedding=False,
     densely_adjacent_prediction=False,
     dap_kernel_size=3,
+    decoder_width=None,
     ss_loss_weight=0.4,
     ecre_loss_weight=0.4,
 ):
@@ -233,6 +261,7 @@ def exfuse(
     channel_resolution_embedding=True,
     densely_adjacent_prediction=True,
     dap_kernel_size=3,
+    decoder_width=None,
     ss_loss_weight=0.4,
     ecre_loss_weight=0.4,
 ):
