@@ -24,13 +24,15 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output folder.", required=True)
 _SIZE_POLICY = flags.DEFINE_enum(
     "size_policy",
     None,
-    ["native", "resize"],
-    "native: run at the image's size padded to --size_divisor; resize: to --input_size. "
-    "Default: resize for fixed-size models, native otherwise.",
+    ["whole", "pad", "native", "resize"],
+    "whole: run on the image as it is (what evaluate.py scores); pad: padded to a multiple of "
+    "--size_divisor and cropped back (native: its former name); resize: to --input_size. "
+    "Default: resize for fixed-size models, whole otherwise.",
 )
-_SIZE_DIVISOR = flags.DEFINE_integer("size_divisor", 32, "Padding multiple for native size.")
+_SIZE_DIVISOR = flags.DEFINE_integer("size_divisor", 32, "Padding multiple for --size_policy=pad.")
 _INPUT_SIZE = flags.DEFINE_list("input_size", [], "height,width for --size_policy=resize.")
-_PAD_VALUE = flags.DEFINE_float("pad_value", 127.5, "Raw pixel value of the padding.")
+_PAD_VALUE = flags.DEFINE_float("pad_value", 127.5, "Raw pixel value of constant padding.")
+_PAD_MODE = flags.DEFINE_enum("pad_mode", "constant", ["constant", "symmetric"], "Padding mode.")
 _PROBABILITIES = flags.DEFINE_bool("probabilities", False, "Also output class probabilities.")
 _TFLITE = flags.DEFINE_list(
     "tflite", [], "Quantizations to convert to: fp32, fp16, dynamic_int8, full_int8."
@@ -79,6 +81,7 @@ def main(argv):
         saved_model_dir,
         size_policy=_SIZE_POLICY.value,
         size_divisor=_SIZE_DIVISOR.value,
+        pad_mode=_PAD_MODE.value,
         input_size=_size(_INPUT_SIZE.value, "input_size"),
         pad_value=_PAD_VALUE.value,
         include_probabilities=_PROBABILITIES.value,
@@ -106,8 +109,6 @@ def main(argv):
                 data_dir=_CALIBRATION_DATA_DIR.value or data_dir,
                 num_images=_CALIBRATION_IMAGES.value,
                 input_size=tflite_size,
-                size_divisor=_SIZE_DIVISOR.value,
-                pad_value=_PAD_VALUE.value,
                 channels=model.input_shape[-1],
             )
         flatbuffer = export.convert_to_tflite(

@@ -28,7 +28,10 @@ _NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "Without a dataset: gen
 _ALPHA = flags.DEFINE_float("alpha", 0.5, "Overlay opacity in [0, 1].")
 _LEGEND = flags.DEFINE_bool("legend", True, "Add a legend of the classes present.")
 _SIZE_DIVISOR = flags.DEFINE_integer(
-    "size_divisor", 32, "Padding multiple (.keras and dynamic .tflite models)."
+    "size_divisor",
+    1,
+    "Pad .keras and dynamic .tflite inputs to a multiple of this (1: the image as it is, "
+    "what evaluate.py scores and the exported SavedModel does by default).",
 )
 _NUM_THREADS = flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads.")
 _SKIP_ERRORS = flags.DEFINE_bool(
@@ -48,8 +51,10 @@ def main(argv):
 
     files = pf.list_image_files(_INPUTS.value)
     options = {}
-    if not is_saved_model_dir(_MODEL.value):
+    if _MODEL.value.endswith(".tflite"):
         options["size_divisor"] = _SIZE_DIVISOR.value
+    elif not is_saved_model_dir(_MODEL.value) and _SIZE_DIVISOR.value > 1:
+        options.update(size_policy="pad", size_divisor=_SIZE_DIVISOR.value)
     if _MODEL.value.endswith(".tflite"):
         options["num_threads"] = _NUM_THREADS.value
     segmenter = load_segmenter(_MODEL.value, **options)

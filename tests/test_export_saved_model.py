@@ -73,11 +73,8 @@ def test_saved_model_in_fresh_process_equals_keras(tmp_path, rng):
     out = np.load(tmp_path / "out.npz")
 
     keras_square = model(square.astype("float32"), training=False).numpy()
-    # "native" policy: pad bottom/right with the mean pixel to a multiple of 32, crop back.
-    padded = np.pad(
-        odd.astype("float32"), [(0, 0), (0, 14), (0, 26), (0, 0)], constant_values=127.5
-    )
-    keras_odd = model(padded, training=False).numpy()[:, :50, :70]
+    # default "whole" policy: the model on the image as it is, as evaluate.py scores it.
+    keras_odd = model(odd.astype("float32"), training=False).numpy()
     for key, logits in (("square", keras_square), ("odd", keras_odd)):
         np.testing.assert_allclose(out[key + "_probs"], _softmax(logits), atol=1e-5)
         assert out[key + "_ids"].dtype == np.int32
@@ -157,9 +154,31 @@ def test_pipeline_rejects_bad_options(kwargs, message):
         SegmentationPipeline(tiny_segmenter(), **kwargs)
 
 
-def test_native_policy_needs_dynamic_model():
-    with pytest.raises(ValueError, match="native"):
-        SegmentationPipeline(tiny_segmenter(input_size=(32, 32)), size_policy="native")
+@pytest.mark.parametrize("policy", ["whole", "pad", "native"])
+def test_whole_and_pad_policies_need_dynamic_model(policy):
+    with pytest.raises(ValueError, match="needs a model built with unknown height and width"):
+        SegmentationPipeline(tiny_segmenter(input_size=(32, 32)), size_policy=policy)
+
+
+def test_pad_policies_pad_bottom_right_and_crop_back(rng):
+    model = tiny_segmenter(num_classes=3)
+    image = rng.integers(0, 256, (1, 50, 70, 3), dtype=np.uint8)
+    x = image.astype("float32")
+    expected = {
+        ("pad", "constant"): np.pad(x, [(0, 0), (0, 14), (0, 26), (0, 0)], constant_values=127.5),
+        ("native", "constant"): np.pad(
+            x, [(0, 0), (0, 14), (0, 26), (0, 0)], constant_values=127.5
+        ),
+        ("pad", "symmetric"): np.pad(x, [(0, 0), (0, 14), (0, 26), (0, 0)], mode="symmetric"),
+    }
+    for (policy, mode), padded in expected.items():
+        pipeline = SegmentationPipeline(model, size_policy=policy, pad_mode=mode)
+        assert pipeline.config()["size_policy"] == "pad"
+        reference = model(padded, training=False).numpy()[:, :50, :70]
+        np.testing.assert_allclose(pipeline.logits(image), reference, atol=1e-5)
+    whole = SegmentationPipeline(model)
+    assert whole.config()["size_policy"] == "whole"
+    np.testing.assert_allclose(whole.logits(image), model(x, training=False), atol=1e-5)
 
 
 def test_export_rejects_unknown_signature(tmp_path):

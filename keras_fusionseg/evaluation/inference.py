@@ -9,6 +9,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from keras_fusionseg.export.saved_model import SegmentationPipeline
 from keras_fusionseg.layers.common import resize_bilinear
 
 EVAL_MODES = ("whole", "multiscale", "sliding")
@@ -17,23 +18,26 @@ EVAL_MODES = ("whole", "multiscale", "sliding")
 class Predictor:
     """Runs `model` on single images of any size with one traced graph per input rank.
 
+    The logits come from the same `SegmentationPipeline` as the exported SavedModel's
+    signatures, so what is evaluated is what ships.
+
     Args:
         model: a segmentation `keras.Model` returning logits [B, h, w, C] (or a dict with
             `"logits"`).
+        **pipeline_options: size handling (`SegmentationPipeline`; default: the whole image
+            as it is for models of any size, as the export default).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, **pipeline_options):
         self.model = model
+        self.pipeline = SegmentationPipeline(model, **pipeline_options)
         channels = model.inputs[0].shape[-1]
         signature = [tf.TensorSpec([None, None, None, channels], tf.float32)]
 
         # reduce_retracing is not enough: images of many sizes would trace many graphs.
         @tf.function(input_signature=signature)
         def probabilities(images):
-            logits = model(images, training=False)
-            if isinstance(logits, dict):
-                logits = logits["logits"]
-            return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+            return tf.nn.softmax(self.pipeline.logits(images), axis=-1)
 
         self._probabilities = probabilities
 

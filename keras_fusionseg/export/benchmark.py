@@ -28,7 +28,7 @@ def median_latency_ms(run, *, warmup=3, runs=20):
 
 
 def compare_on_split(
-    keras_model, runners, examples, num_classes, *, size_divisor=32, ignore_label=255
+    keras_model, runners, examples, num_classes, *, ignore_label=255, **pipeline_options
 ):
     """mIoU of the Keras model and each TFLite runner, and their max abs logit difference.
 
@@ -37,8 +37,9 @@ def compare_on_split(
         runners: dict name -> `TFLiteSegmenter`.
         examples: iterable of (uint8 image (H, W, C), int label (H, W)).
         num_classes: int.
-        size_divisor: padding multiple, as in the exported signatures.
         ignore_label: int, label value left out of the mIoU.
+        **pipeline_options: size handling of the Keras model (`SegmentationPipeline`;
+            default: the whole image, as the exported SavedModel and `evaluate.py`).
 
     Returns:
         dict name -> {"mean_iou", "max_abs_diff", "agreement"} with "keras" included
@@ -46,7 +47,7 @@ def compare_on_split(
     """
     from keras_fusionseg.evaluation import confusion_from_labels, iou_from_confusion
 
-    pipeline = SegmentationPipeline(keras_model, size_policy="native", size_divisor=size_divisor)
+    pipeline = SegmentationPipeline(keras_model, **pipeline_options)
     keras_logits = tf.function(pipeline.logits, reduce_retracing=True)
     names = ["keras", *runners]
     confusion = {name: np.zeros((num_classes, num_classes)) for name in names}

@@ -123,12 +123,13 @@ class TFLiteSegmenter:
     Args:
         model: path of a `.tflite` file or its bytes.
         num_threads: int or None, interpreter threads.
-        size_divisor: int, dynamic-shape models get images padded to a multiple of it (as the
-            SavedModel's "native" policy); fixed-shape models get images resized instead.
+        size_divisor: int, dynamic-shape models get images padded to a multiple of it (the
+            SavedModel's "pad" policy); 1 (default) runs them on the image as it is (its
+            "whole" policy, what `evaluate.py` scores). Fixed-shape models get images resized.
         pad_value: float, raw pixel value of the padding.
     """
 
-    def __init__(self, model, *, num_threads=None, size_divisor=32, pad_value=127.5):
+    def __init__(self, model, *, num_threads=None, size_divisor=1, pad_value=127.5):
         if isinstance(model, bytes | bytearray):
             content = bytes(model)
             self.path = None
@@ -224,7 +225,7 @@ def representative_images(
     data_dir=None,
     num_images=100,
     input_size=None,
-    size_divisor=32,
+    size_divisor=1,
     pad_value=127.5,
     channels=3,
 ):
@@ -238,7 +239,7 @@ def representative_images(
         source, split, data_dir: see `keras_fusionseg.data.load_split`.
         num_images: int, how many images (the first ones of the split).
         input_size: None or (height, width).
-        size_divisor, pad_value: padding for dynamic models.
+        size_divisor, pad_value: padding for dynamic models (1: none, as `TFLiteSegmenter`).
         channels: int, model input channels.
 
     Returns:
