@@ -222,6 +222,14 @@ MUTANTS = (
         "depthwise kernels (named 'kernel' in Keras 3) get weight decay by default",
     ),
     Mutant(
+        "evaluate_max_images_off_by_one",
+        "keras_fusionseg/evaluation/evaluator.py",
+        "if max_images and count >= max_images:",
+        "if max_images and count > max_images:",
+        ("tests/test_evaluation.py",),
+        "evaluate(max_images=n) evaluates n + 1 images",
+    ),
+    Mutant(
         "ignore_label_counted",
         "keras_fusionseg/evaluation/confusion.py",
         "keep = tf.not_equal(labels, ignore_label)",

@@ -204,3 +204,36 @@ def test_evaluate_modes_and_reports(tmp_path):
     assert png.shape == (32, 32, 3)
     with pytest.raises(ValueError, match="record 0: image"):
         evaluator.evaluate(model, [(image, label[:4])], num_classes=2, verbose=0)
+
+
+def test_evaluate_multiscale_flip_and_max_images(rng):
+    # Ramp model, scale 1 with flip: the prediction is the argmax of the mean of the plain and
+    # the mirrored probabilities, which differs from the plain argmax on some pixels.
+    images = rng.normal(scale=2.0, size=(3, 4, 6, 2)).astype("float32")
+    labels = rng.integers(0, 2, size=(3, 4, 6)).astype("int32")
+    ramp = np.arange(6, dtype="float32")[None, :, None] * np.array([0.0, 1.0], "float32")
+    data = [(image[None], label[None]) for image, label in zip(images, labels, strict=True)]
+
+    def confusion_of(predictions, count):
+        matrix = np.zeros((2, 2), int)
+        for label, prediction in zip(labels[:count], predictions[:count], strict=True):
+            np.add.at(matrix, (label.ravel(), prediction.ravel()), 1)
+        return matrix
+
+    plain = [softmax(image + ramp) for image in images]
+    mirrored = [softmax(image[:, ::-1] + ramp)[:, ::-1] for image in images]
+    mean = [(p + m) / 2 for p, m in zip(plain, mirrored, strict=True)]
+    flipped_argmax = [m.argmax(-1) for m in mean]
+    assert any((m.argmax(-1) != p.argmax(-1)).any() for m, p in zip(mean, plain, strict=True))
+    results = evaluator.evaluate(
+        column_ramp_model(),
+        data,
+        num_classes=2,
+        mode="multiscale",
+        scales=(1.0,),
+        flip=True,
+        max_images=2,
+        verbose=0,
+    )
+    assert results["num_images"] == 2
+    np.testing.assert_array_equal(results["confusion"], confusion_of(flipped_argmax, 2))
