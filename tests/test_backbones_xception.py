@@ -68,6 +68,20 @@ def test_xception_block_structure():
     assert "entry_flow_block1_shortcut" in names and "exit_flow_block1_shortcut" in names
 
 
+def test_xception_relu_placement_of_the_paper_text(rng):
+    """relu_placement="paper": ReLU after each BN of every separable conv, none before."""
+    reference = build_backbone("xception65", **NARROW)
+    paper = build_backbone("xception65", relu_placement="paper", **NARROW)
+    separable = [layer for layer in paper.layers if isinstance(layer, SeparableConvBN)]
+    assert separable and all(s.depth_activation and not s.pre_activation for s in separable)
+    assert reference.count_params() == paper.count_params()
+    paper.set_weights(reference.get_weights())
+    image = rng.uniform(0, 255, size=(1, 33, 33, 3)).astype("float32")
+    assert not np.allclose(paper(image)["P5"], reference(image)["P5"])
+    with pytest.raises(ValueError, match="`relu_placement` must be one of"):
+        build_backbone("xception65", relu_placement="after", **NARROW)
+
+
 def test_xception65_full_width_counts(rng):
     # DeepLabv3+ on Xception-65 totals 41,258,213 parameters; its separable ASPP + decoder
     # (21 classes) holds 3,205,701 of them, leaving 38,052,512 for the backbone.

@@ -8,6 +8,13 @@ DeepLab code: entry flow [128]x3 s2, [256]x3 s2, [728]x3 s2 (1x1 conv skips); mi
 16 x [728]x3 (identity skips); exit flow [728, 1024, 1024] s2 (conv skip), [1536, 1536, 2048]
 (no skip). Xception-71's entry flow is 128 s2, 256 s1, 256 s2, 728 s1, 728 s2.
 
+ReLU placement (`relu_placement`): the paper's text (Sec. 3.2) adds a BN and a ReLU after
+every 3x3 depthwise conv, MobileNet-style;
+the reference DeepLab code (whose ImageNet checkpoints exist) instead puts one ReLU *before*
+each depthwise conv and none after its BNs, except in the last exit block, where ReLU follows
+each BN. `"reference"` (default) builds the code's placement, `"paper"` the text's (ReLU after
+both BNs of every separable conv, no pre-activation). Parameters are identical either way.
+
 Pyramid: "P1" stem output (64 ch, stride 2); "P2" the low-level endpoint of DeepLabv3+, the
 2nd separable conv of the first 256-wide strided entry block (before its strided conv: 256 ch,
 stride 4); "P3" the last entry block at stride 8 (Xception-65: block 2, 256 ch; -71: block 4,
@@ -40,6 +47,9 @@ LOW_LEVEL_BLOCK = {65: 1, 71: 2}
 STRIDE8_BLOCK = {65: 1, 71: 3}
 MIDDLE_WIDTHS = (728,) * 3
 EXIT_BLOCKS = (((728, 1024, 1024), 2, CONV, False), ((1536, 1536, 2048), 1, NONE, True))
+
+
+RELU_PLACEMENTS = ("reference", "paper")
 
 
 class _XceptionLayers:
@@ -111,9 +121,15 @@ def build_xception(
     bn_momentum=BN_MOMENTUM,
     bn_epsilon=BN_EPSILON,
     weight_decay=0.0,
+    relu_placement="reference",
     name=None,
 ):
     """Builds modified aligned Xception-`depth` (see `xception65` for the arguments)."""
+    if relu_placement not in RELU_PLACEMENTS:
+        raise ValueError(
+            f"`relu_placement` must be one of {list(RELU_PLACEMENTS)}, received {relu_placement!r}."
+        )
+    paper = relu_placement == "paper"
     if depth not in ENTRY_FLOWS:
         raise ValueError(f"`depth` must be one of {sorted(ENTRY_FLOWS)}, received {depth!r}.")
     if (
@@ -143,7 +159,7 @@ def build_xception(
     for i, (widths, stride) in enumerate(ENTRY_FLOWS[depth]):
         strides, rate = schedule.next(stride)
         block = f"entry_flow_block{i + 1}"
-        x, second = _xception_unit(x, layers, widths, strides, rate, CONV, False, block)
+        x, second = _xception_unit(x, layers, widths, strides, rate, CONV, paper, block)
         if i == LOW_LEVEL_BLOCK[depth]:
             pyramid["P2"] = second
         if i == STRIDE8_BLOCK[depth]:
@@ -152,13 +168,14 @@ def build_xception(
     _, rate = schedule.next(1)
     for i in range(middle_flow_units):
         unit = f"middle_flow_block1_unit{i + 1}"
-        x, _ = _xception_unit(x, layers, MIDDLE_WIDTHS, 1, rate, IDENTITY, False, unit)
+        x, _ = _xception_unit(x, layers, MIDDLE_WIDTHS, 1, rate, IDENTITY, paper, unit)
     pyramid["P4"] = x
 
     for i, (widths, stride, skip, depth_activation) in enumerate(EXIT_BLOCKS):
         strides, rate = schedule.next(stride)
         block = f"exit_flow_block{i + 1}"
-        x, _ = _xception_unit(x, layers, widths, strides, rate, skip, depth_activation, block)
+        activation = depth_activation or paper
+        x, _ = _xception_unit(x, layers, widths, strides, rate, skip, activation, block)
     pyramid["P5"] = x
     return pyramid_model(inputs, pyramid, output_stride, name or f"xception{depth}")
 
@@ -175,6 +192,8 @@ _DOC_ARGS = """
         bn_momentum, bn_epsilon: float (0.9997, 1e-3 as the reference).
         weight_decay: float, L2 factor on conv / pointwise kernels (the reference uses
             4e-5; Keras L2 is wd * sum(w**2)); depthwise kernels are not regularised.
+        relu_placement: "reference" (DeepLab code: ReLU before each depthwise conv, after
+            the BNs only in the last exit block) or "paper" (ReLU after each BN, Sec. 3.2).
         name: str, model name.
 
     Returns:
