@@ -230,6 +230,14 @@ MUTANTS = (
         "evaluate(max_images=n) evaluates n + 1 images",
     ),
     Mutant(
+        "upper_bound_downsamples_bilinearly",
+        "scripts/dupsampling_upper_bound.py",
+        '(-(-h // ratio), -(-w // ratio)), method="area")',
+        '(-(-h // ratio), -(-w // ratio)), method="bilinear")',
+        ("tests/test_dupsampling_scripts.py",),
+        "the bilinear upper bound samples the one-hot label instead of block-averaging it",
+    ),
+    Mutant(
         "ignore_label_counted",
         "keras_fusionseg/evaluation/confusion.py",
         "keep = tf.not_equal(labels, ignore_label)",

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from test_deeplab_layers import np_resize_bilinear
 
 from keras_fusionseg.layers.dupsampling_pca import load_dupsampling_basis
 
@@ -73,6 +74,20 @@ def test_upper_bound_helpers(reset_flags):
     label = np.zeros((33, 20), np.int64)
     label[:, 10:] = 1
     assert (script.bilinear_reconstruction(label, 1, 2, 255) == label).all()
+
+
+def test_bilinear_reconstruction_at_ratio_4_matches_numpy(rng):
+    # Ratio 1 is the identity; at ratio 4 the one-hot label is block-averaged (area) and
+    # brought back bilinearly, which loses thin structures: compared with NumPy.
+    script = load_script("dupsampling_upper_bound")
+    label = rng.integers(0, 3, size=(16, 24))
+    label[3:5, :] = 255
+    onehot = (label[..., None] == np.arange(3)).astype("float64")
+    blocks = onehot.reshape(4, 4, 6, 4, 3).mean(axis=(1, 3))
+    expected = np_resize_bilinear(blocks[None], 16, 24)[0].argmax(-1)
+    got = script.bilinear_reconstruction(label, 4, 3, 255)
+    np.testing.assert_array_equal(got, expected)
+    assert (got != np.where(label == 255, got, label)).any()  # not the identity
 
 
 def test_fit_script_writes_a_basis(folder_dataset, tmp_path, reset_flags):
