@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from keras_fusionseg.layers.exfuse import (
     BoundaryRefinement,
+    DeconvolutionUpsample,
     DenselyAdjacentPrediction,
     ExplicitChannelResolutionEmbedding,
     GlobalConvolution,
@@ -159,3 +160,22 @@ def test_upsample_bilinear_unknown_size():
     fn = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 3])])
     assert tuple(fn(tf.zeros((1, 3, 5, 3))).shape) == (1, 6, 10, 3)
     assert roundtrip(layer, np.zeros((1, 2, 2, 3))).factor == 2
+
+
+def test_deconvolution_upsample_starts_bilinear_and_crops(rng):
+    """GCN's deconvolution, bilinear-initialised: equals tf.image.resize (half-pixel
+    centres) away from the one-pixel border; odd references crop the x2 output."""
+    x = rng.normal(size=(2, 5, 7, 3)).astype("float32")
+    layer = DeconvolutionUpsample(3)
+    y = np.asarray(layer(x))
+    assert y.shape == (2, 10, 14, 3)
+    bilinear = tf.image.resize(x, (10, 14), method="bilinear").numpy()
+    np.testing.assert_allclose(y[:, 1:-1, 1:-1], bilinear[:, 1:-1, 1:-1], atol=1e-5)
+    reference = np.zeros((2, 9, 13, 1), "float32")
+    cropped = np.asarray(layer([x, reference]))
+    np.testing.assert_array_equal(cropped, y[:, :9, :13])
+    assert len(layer.trainable_weights) == 1  # learnt, unlike sub-pixel upsampling
+    np.testing.assert_allclose(roundtrip(layer, x)(x), y, atol=1e-6)
+    with pytest.raises(ValueError, match="`bilinear_init` needs 4 input channels"):
+        DeconvolutionUpsample(4)(x)
+    assert DeconvolutionUpsample(4, bilinear_init=False)(x).shape == (2, 10, 14, 4)

@@ -108,6 +108,25 @@ def test_exfuse_decoder_width_without_dap_is_the_more_channels_baseline(rng):
         models.build("gcn", num_classes=NUM_CLASSES, **tiny("gcn", decoder_width=1))
 
 
+def test_exfuse_with_the_papers_deconvolutions(rng, tmp_path):
+    options = tiny("exfuse", upsampling="deconv")
+    model = models.build("exfuse", num_classes=NUM_CLASSES, aux_outputs=True, **options)
+    names = {layer.name: type(layer).__name__ for layer in model.layers}
+    for step in ("upsample_to_P3", "upsample_to_P2", "upsample1", "upsample2"):
+        assert names[step] == "DeconvolutionUpsample", step
+    assert names["ecre_upsample"] == "ExplicitChannelResolutionEmbedding"  # ECRE stays sub-pixel
+    x = rng.uniform(0, 255, size=(1, 70, 50, 3)).astype("float32")  # odd sizes
+    outputs = predict(model, x)
+    assert outputs["logits"].shape == (1, 70, 50, NUM_CLASSES)
+    model.save(tmp_path / "deconv.keras")
+    clone = keras.models.load_model(tmp_path / "deconv.keras")
+    np.testing.assert_allclose(predict(clone, x)["logits"], outputs["logits"], atol=1e-5)
+    gcn = models.build("gcn", num_classes=NUM_CLASSES, **tiny("gcn", upsampling="deconv"))
+    assert type(gcn.get_layer("upsample_to_P4")).__name__ == "DeconvolutionUpsample"
+    with pytest.raises(ValueError, match="`upsampling` must be one of"):
+        models.build("gcn", num_classes=NUM_CLASSES, **tiny("gcn", upsampling="nearest"))
+
+
 def test_gcn_baseline_trains(rng):
     model = models.build("gcn", num_classes=NUM_CLASSES, aux_outputs=True, **tiny("gcn"))
     assert set(model.loss_spec) == {"logits"}

@@ -348,3 +348,81 @@ class UpsampleBilinear(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}
+
+
+def bilinear_deconvolution_kernel(channels):
+    """(4, 4, channels, channels) kernel of a x2 transposed conv that upsamples each channel
+    bilinearly (half-pixel centres, as `tf.image.resize`) away from the one-pixel border."""
+    taps = np.array([0.25, 0.75, 0.75, 0.25], np.float32)
+    kernel = np.zeros((4, 4, channels, channels), np.float32)
+    kernel[:, :, np.arange(channels), np.arange(channels)] = np.outer(taps, taps)[..., None]
+    return kernel
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DeconvolutionUpsample(keras.layers.Layer):
+    """Learnt x2 upsampling: a 4x4 stride-2 transposed convolution ("deconvolution").
+
+    GCN (Peng et al., CVPR 2017, Fig. 2) upsamples its decoder with deconvolutions, and
+    ExFuse's ECRE argument (Sec. 3.2, Table 4) contrasts them with the parameter-free
+    sub-pixel upsampling. The kernel starts as per-channel bilinear upsampling when input and
+    output widths match (FCN's initialisation; `bilinear_init`), so an untrained decoder
+    behaves like the bilinear one except on the border pixels.
+
+    Call with `x` or `[x, reference]`; with a reference the (2h, 2w) output is cropped
+    bottom/right to the reference's size (odd-sized finer levels, or the input image).
+
+    Args:
+        filters: int, output channels.
+        bilinear_init: bool, bilinear initial kernel (needs input channels == `filters`).
+    """
+
+    def __init__(self, filters, bilinear_init=True, **kwargs):
+        super().__init__(**kwargs)
+        check_positive_int("filters", filters)
+        if not isinstance(bilinear_init, bool):
+            raise ValueError(f"`bilinear_init` must be a bool, received {bilinear_init!r}.")
+        self.filters = filters
+        self.bilinear_init = bilinear_init
+        self.deconv = keras.layers.Conv2DTranspose(
+            filters, 4, strides=2, padding="same", use_bias=False, name="deconv"
+        )
+
+    def build(self, input_shape):
+        shape = input_shape[0] if isinstance(input_shape[0], list | tuple) else input_shape
+        self.deconv.build(shape)
+        if self.bilinear_init:
+            if shape[-1] != self.filters:
+                raise ValueError(
+                    f"`bilinear_init` needs {self.filters} input channels (= `filters`), "
+                    f"received {shape[-1]}."
+                )
+            self.deconv.kernel.assign(bilinear_deconvolution_kernel(self.filters))
+
+    def call(self, inputs):
+        x, reference = (
+            (inputs[0], inputs[1]) if isinstance(inputs, list | tuple) else (inputs, None)
+        )
+        y = self.deconv(x)
+        if reference is not None:
+            y = crop_to_reference(y, reference)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape[0], list | tuple):
+            x_shape, ref_shape = input_shape
+            return (x_shape[0], ref_shape[1], ref_shape[2], self.filters)
+        h, w = input_shape[1:3]
+        return (
+            input_shape[0],
+            None if h is None else 2 * h,
+            None if w is None else 2 * w,
+            self.filters,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "bilinear_init": self.bilinear_init,
+        }

@@ -23,9 +23,12 @@ ECCV 2018, Fig. 2 adds five switchable components (its Table 3 ablation):
 - densely adjacent prediction (DAP, Sec. 3.2, eq. 3): the decoder is num_classes * k * k
   wide (189 for 21 classes) and DAP averages the adjacent predictions at the end.
 
-Upsampling in the decoder is bilinear (`ResizeToReference` / `UpsampleBilinear`, sizes read
-at run time) where the GCN paper uses deconvolutions; with it any input size works, no
-padding needed (ECRE's x2 output is cropped to the finer level's size when a size is odd).
+Upsampling in the decoder is bilinear by default (`ResizeToReference` / `UpsampleBilinear`,
+sizes read at run time) where the GCN paper uses deconvolutions (adapted);
+`upsampling="deconv"` builds the paper's learnt 4x4 stride-2 transposed convs
+(`DeconvolutionUpsample`, bilinear-initialised), which ECRE's comparison (Table 4) assumes.
+Either way any input size works, no padding needed (x2 outputs are cropped to the finer
+level's size when a size is odd).
 """
 
 import keras
@@ -34,6 +37,7 @@ from keras_fusionseg.layers.common import ConvBNReLU, ResizeToReference
 from keras_fusionseg.layers.exfuse import (
     DEFAULT_GCN_KERNEL_SIZE,
     BoundaryRefinement,
+    DeconvolutionUpsample,
     DenselyAdjacentPrediction,
     ExplicitChannelResolutionEmbedding,
     GlobalConvolution,
@@ -66,6 +70,7 @@ TINY_GCN = {"backbone": "resnet50", "backbone_options": _TINY_BACKBONE, "gcn_ker
 TINY_EXFUSE = {**TINY_GCN, "ss_channels": 16}
 
 SS_FEATURES = ("stage", "block")
+UPSAMPLING = ("bilinear", "deconv")
 
 
 def _check_bool(name, value):
@@ -96,6 +101,7 @@ def _gcn_exfuse(
     densely_adjacent_prediction,
     dap_kernel_size,
     decoder_width,
+    upsampling,
     ss_loss_weight,
     ecre_loss_weight,
 ):
@@ -106,6 +112,9 @@ def _gcn_exfuse(
         "densely_adjacent_prediction",
     ):
         _check_bool(flag, locals()[flag])
+    if upsampling not in UPSAMPLING:
+        raise ValueError(f"`upsampling` must be one of {UPSAMPLING}, received {upsampling!r}.")
+    deconv = upsampling == "deconv"
     if ss_features not in SS_FEATURES:
         raise ValueError(f"`ss_features` must be one of {SS_FEATURES}, received {ss_features!r}.")
     for arg, value in (("ss_loss_weight", ss_loss_weight), ("ecre_loss_weight", ecre_loss_weight)):
@@ -173,13 +182,21 @@ def _gcn_exfuse(
             else:
                 aux["ecre"] = up
         else:
-            up = ResizeToReference(name=f"upsample_to_{level}")([y, scores[level]])
+            step = f"upsample_to_{level}"
+            if deconv:
+                up = DeconvolutionUpsample(width, name=step)([y, scores[level]])
+            else:
+                up = ResizeToReference(name=step)([y, scores[level]])
         y = keras.layers.Add(name=f"fuse_{level}")([up, scores[level]])
         y = BoundaryRefinement(name=f"br_fuse_{level}")(y)
 
     # Two more x2 steps (stride 4 -> 2 -> 1), each followed by BR.
-    y = BoundaryRefinement(name="br_up1")(UpsampleBilinear(2, name="upsample1")(y))
-    y = ResizeToReference(name="upsample2")([y, image])
+    if deconv:
+        y = BoundaryRefinement(name="br_up1")(DeconvolutionUpsample(width, name="upsample1")(y))
+        y = DeconvolutionUpsample(width, name="upsample2")([y, image])
+    else:
+        y = BoundaryRefinement(name="br_up1")(UpsampleBilinear(2, name="upsample1")(y))
+        y = ResizeToReference(name="upsample2")([y, image])
     y = BoundaryRefinement(name="br_up2")(y)
     logits = dap(y) if dap is not None else y
     if widened:
@@ -210,6 +227,8 @@ _ARGS_DOC = """
         channel_resolution_embedding: bool, ECRE for the "P5" -> "P4" upsampling.
         densely_adjacent_prediction: bool, DAP (decoder width num_classes * k * k).
         dap_kernel_size: odd int k of DAP (3).
+        upsampling: "bilinear" (default, adapted) or "deconv" (the GCN paper's learnt
+            transposed convs, bilinear-initialised) for every x2 step of the decoder.
         decoder_width: None (num_classes, or num_classes * k * k with DAP) or an int >=
             num_classes: without DAP, a decoder this wide followed by 1x1 classifiers, e.g.
             189 for 21 classes, the "Baseline (more channels)" of ExFuse Table 5 #2.
@@ -234,6 +253,7 @@ def gcn(
     densely_adjacent_prediction=False,
     dap_kernel_size=3,
     decoder_width=None,
+    upsampling="bilinear",
     ss_loss_weight=0.4,
     ecre_loss_weight=0.4,
 ):
@@ -262,6 +282,7 @@ def exfuse(
     densely_adjacent_prediction=True,
     dap_kernel_size=3,
     decoder_width=None,
+    upsampling="bilinear",
     ss_loss_weight=0.4,
     ecre_loss_weight=0.4,
 ):
