@@ -116,20 +116,39 @@ def get_dataset_info(name, *, num_classes=None, class_names=None):
     """Metadata of a registered dataset, or of a user folder.
 
     Args:
-        name: a name from `list_datasets()`, or the path of a user folder
-            (`images/<split>`, `labels/<split>`, optional `classes.txt` with one name a line).
-        num_classes: int, required for a user folder without `classes.txt`.
-        class_names: optional names for a user folder (default `class_0`, `class_1`, ...).
+        name: a name from `list_datasets()`, the path of a user folder (`images/<split>`,
+            `labels/<split>`, optional `classes.txt` with one name a line), or a TFRecord
+            file or glob (may hold `{split}`; its labels are train ids).
+        num_classes: int, required for a user folder without `classes.txt` and for
+            TFRecords unless `class_names` is given.
+        class_names: optional names for a user folder or TFRecords (default `class_0`,
+            `class_1`, ...).
 
     Returns:
         A `DatasetInfo`.
     """
+    from keras_fusionseg.data.sources import is_tfrecord
+
     if name in _DATASETS:
         return _DATASETS[name]
     if isinstance(name, str | os.PathLike) and os.path.isdir(name):
         return folder_dataset_info(name, num_classes=num_classes, class_names=class_names)
+    if isinstance(name, str | os.PathLike) and is_tfrecord(os.fspath(name)):
+        if num_classes is None and class_names is None:
+            raise ValueError(
+                f"TFRecords {os.fspath(name)!r} do not record their classes: pass "
+                "`num_classes` or `class_names`."
+            )
+        if num_classes is None:
+            num_classes = len(class_names)
+        if class_names is None:
+            class_names = [f"class_{i}" for i in range(num_classes)]
+        return DatasetInfo(
+            name=os.fspath(name), num_classes=num_classes, class_names=tuple(class_names)
+        )
     raise ValueError(
-        f"Unknown dataset {name!r}: not a registered name ({list_datasets()}) and not a folder."
+        f"Unknown dataset {name!r}: not a registered name ({list_datasets()}), not a folder "
+        "and not a TFRecord file or glob."
     )
 
 

@@ -35,8 +35,10 @@ def default_config():
     config.model.loss_weights = {}  # aux output name -> weight, overriding the model's
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "synthetic_shapes"
+    config.data.name = "synthetic_shapes"  # registered name, folder or TFRecord glob ({split})
     config.data.data_dir = ""
+    config.data.num_classes = 0  # TFRecords (or folders without classes.txt): required
+    config.data.class_names = ()  # optional names for TFRecords and folders
     config.data.options = {}  # extra `load_split` options, e.g. synthetic `num_images`
     config.data.train_split = "train"
     config.data.val_split = "val"
@@ -124,6 +126,62 @@ def check_workdir(workdir):
         raise ValueError(f"workdir {workdir!r} is not writable: {error}") from error
 
 
+def _data_source_problems(config_data):
+    """Problems with `data.name` and the class fields: registered name, folder or TFRecords."""
+    from keras_fusionseg import data
+    from keras_fusionseg.data.sources import glob_files_or_empty, is_tfrecord
+
+    name, problems = config_data.name, []
+    num_classes, class_names = config_data.num_classes, tuple(config_data.class_names)
+    registered = name in data.list_datasets()
+    records = not registered and not os.path.isdir(name) and is_tfrecord(name)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        problems.append(f"data.num_classes must be an integer >= 0, received {num_classes!r}")
+        return problems
+    if not registered and not records and not os.path.isdir(name):
+        return [
+            f"data.name {name!r} is not a dataset; available: {data.list_datasets()}, a folder "
+            "path or a TFRecord file/glob (e.g. '/data/{split}-*.tfrecord')"
+        ]
+    if registered and name != "synthetic_shapes":
+        if not config_data.data_dir or not os.path.isdir(config_data.data_dir):
+            problems.append(
+                f"data.data_dir {config_data.data_dir!r} must be the folder of dataset {name!r}"
+            )
+    if registered:
+        expected = data.get_dataset_info(name).num_classes
+        if num_classes and num_classes != expected:
+            problems.append(
+                f"data.num_classes {num_classes} differs from dataset {name!r}'s {expected} "
+                "(leave it 0 for a registered dataset)"
+            )
+        return problems
+    if records:
+        for split in dict.fromkeys((config_data.train_split, config_data.val_split)):
+            try:
+                pattern = name.format(split=split)
+            except (KeyError, IndexError, ValueError):
+                problems.append(f"data.name {name!r}: the only placeholder allowed is {{split}}")
+                break
+            if not glob_files_or_empty(pattern):
+                problems.append(
+                    f"data.name {name!r}: no TFRecord files match {pattern!r} (split {split!r})"
+                )
+        if not num_classes and not class_names:
+            problems.append(
+                f"data.num_classes (or data.class_names) is required: TFRecords {name!r} do "
+                "not record their classes"
+            )
+    try:
+        data.get_dataset_info(
+            name, num_classes=num_classes or None, class_names=class_names or None
+        )
+    except ValueError as error:
+        if not records or num_classes or class_names:
+            problems.append(f"data: {error}")
+    return problems
+
+
 def validate_config(config, workdir=None, source="config"):
     """Checks every field of `config` (and `workdir`), raising one ValueError listing problems.
 
@@ -132,7 +190,7 @@ def validate_config(config, workdir=None, source="config"):
         workdir: optional output folder to create and test for writing.
         source: str naming the config (its file) in error messages.
     """
-    from keras_fusionseg import backbones, data, models
+    from keras_fusionseg import backbones, models
 
     check_fields(config, source)
     problems = []
@@ -154,17 +212,7 @@ def validate_config(config, workdir=None, source="config"):
         problems.append(
             f"model.output_stride must be 8, 16 or 32, received {config.model.output_stride!r}"
         )
-    name = config.data.name
-    if name != "synthetic_shapes" and name not in data.list_datasets() and not os.path.isdir(name):
-        problems.append(
-            f"data.name {name!r} is not a dataset; available: "
-            f"{sorted(set(data.list_datasets()) | {'synthetic_shapes'})} or a folder path"
-        )
-    elif name in data.list_datasets() and name != "synthetic_shapes":
-        if not config.data.data_dir or not os.path.isdir(config.data.data_dir):
-            problems.append(
-                f"data.data_dir {config.data.data_dir!r} must be the folder of dataset {name!r}"
-            )
+    problems += _data_source_problems(config.data)
     if len(tuple(config.data.crop_size)) != 2 or min(config.data.crop_size) < 16:
         problems.append(
             f"data.crop_size must be (height, width) >= 16, received {config.data.crop_size!r}"

@@ -26,15 +26,23 @@ from keras_fusionseg.training.optimizers import PolyDecay, build_optimizer
 
 
 def dataset_info(config):
-    name = config.data.name
-    return data.get_dataset_info(name)
+    """`DatasetInfo` of `data.name`; `data.num_classes` / `data.class_names` describe a
+    folder without classes.txt or TFRecords."""
+    return data.get_dataset_info(
+        config.data.name,
+        num_classes=config.data.num_classes or None,
+        class_names=tuple(config.data.class_names) or None,
+    )
 
 
 def load_split(config, split):
+    # Label values are checked against the config's class count wherever it is declared.
+    num_classes = config.data.num_classes or len(config.data.class_names) or None
     return data.load_split(
         config.data.name,
         split,
         data_dir=config.data.data_dir or None,
+        **({"num_classes": num_classes} if num_classes else {}),
         **dict(config.data.options),
     )
 
