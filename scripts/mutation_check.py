@@ -11,6 +11,7 @@ Usage:
     python scripts/mutation_check.py --list          # names and guarding test files
     python scripts/mutation_check.py --only aspp_rate_ignored flip_dropped
     python scripts/mutation_check.py --baseline      # also check the unmutated copy passes
+    python scripts/mutation_check.py --dry_run       # only check every mutant still applies
 
 Exit status: 0 when every mutant is killed, 1 otherwise.
 """
@@ -300,6 +301,9 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--baseline", action="store_true", help="first run each test set unmutated")
+    parser.add_argument(
+        "--dry_run", action="store_true", help="only check that every mutant still applies"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant")
     parser.add_argument("--verbose", action="store_true", help="print pytest's tail per mutant")
     args = parser.parse_args(argv)
@@ -314,6 +318,10 @@ def main(argv=None):
         for m in mutants:
             print(f"{m.name:32s} {m.path}\n{'':32s} {m.why}; tests: {' '.join(m.tests)}")
         return 0
+    if args.dry_run:
+        stale = [m.name for m in mutants if (REPO / m.path).read_text().count(m.original) != 1]
+        print(f"{len(mutants) - len(stale)}/{len(mutants)} mutants apply; stale: {stale or 'none'}")
+        return 1 if stale else 0
 
     outcomes = {}
     with tempfile.TemporaryDirectory(prefix="mutation_check_") as tmp:
