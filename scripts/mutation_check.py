@@ -239,6 +239,22 @@ MUTANTS = (
         "the bilinear upper bound samples the one-hot label instead of block-averaging it",
     ),
     Mutant(
+        "build_ignores_weights",
+        "keras_fusionseg/models/registry.py",
+        "    if weights is not None:\n        load_model_weights(model, weights)\n",
+        "",
+        ("tests/test_models_registry.py::test_build_loads_whole_model_and_backbone_weights",),
+        "build(weights=...) returns the freshly initialised model",
+    ),
+    Mutant(
+        "build_ignores_backbone_weights",
+        "keras_fusionseg/models/registry.py",
+        "            _load_backbone_weights(name, backbone_model, backbone_weights, kept)\n",
+        "            pass\n",
+        ("tests/test_models_registry.py::test_build_loads_whole_model_and_backbone_weights",),
+        "build(backbone_weights=...) leaves the backbone freshly initialised",
+    ),
+    Mutant(
         "ignore_label_counted",
         "keras_fusionseg/evaluation/confusion.py",
         "keep = tf.not_equal(labels, ignore_label)",

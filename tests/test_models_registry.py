@@ -196,3 +196,30 @@ def test_backbone_weights_misfit_from_default_options_warns_and_loads_what_fits(
             backbone_weights=path,
             backbone_options={**widths, "depths": (1, 2, 1, 1)},
         )
+
+
+def test_build_loads_whole_model_and_backbone_weights(tmp_path):
+    # Random values everywhere (BN statistics and biases included): a loader that skips any
+    # variable leaves the freshly built value, which differs.
+    rng = np.random.default_rng(5)
+    kwargs = tiny_kwargs("pspnet")
+    source = models.build("pspnet", num_classes=NUM_CLASSES, **kwargs)
+    for variable in source.weights:
+        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype(variable.dtype))
+    path = tmp_path / "pspnet.weights.h5"
+    source.save_weights(path)
+    loaded = models.build("pspnet", num_classes=NUM_CLASSES, weights=str(path), **kwargs)
+    for a, b in zip(source.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+    backbone = backbones.build_backbone(kwargs["backbone"], **kwargs["backbone_options"])
+    for variable in backbone.weights:
+        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype(variable.dtype))
+    backbone_path = tmp_path / "backbone.weights.h5"
+    backbone.save_weights(backbone_path)
+    model = models.build(
+        "pspnet", num_classes=NUM_CLASSES, backbone_weights=str(backbone_path), **kwargs
+    )
+    by_path = {variable.path: variable.numpy() for variable in model.weights}
+    for variable in backbone.weights:
+        np.testing.assert_array_equal(by_path[variable.path], variable.numpy(), variable.path)
