@@ -255,6 +255,26 @@ MUTANTS = (
         "build(backbone_weights=...) leaves the backbone freshly initialised",
     ),
     Mutant(
+        "poly_decay_ignores_end_learning_rate",
+        "keras_fusionseg/training/optimizers.py",
+        "decayed = (base - end) * ops.power(1.0 - progress, self.power) + end",
+        "decayed = base * ops.power(1.0 - progress, self.power)",
+        ("tests/test_training_runs.py::test_poly_decay_ends_at_end_learning_rate",),
+        "PolyDecay decays to 0 whatever end_learning_rate says",
+    ),
+    Mutant(
+        "configure_bn_top_level_only",
+        "keras_fusionseg/training/trainer.py",
+        "    for layer in model._flatten_layers(include_self=False, recursive=True):\n"
+        "        if isinstance(layer, keras.layers.BatchNormalization):\n"
+        "            layer.synchronized",
+        "    for layer in model.layers:\n"
+        "        if isinstance(layer, keras.layers.BatchNormalization):\n"
+        "            layer.synchronized",
+        ("tests/test_training_runs.py::test_configure_batch_norm_reaches_nested_layers",),
+        "sync BN and the BN momentum override skip BN inside composite layers",
+    ),
+    Mutant(
         "ignore_label_counted",
         "keras_fusionseg/evaluation/confusion.py",
         "keep = tf.not_equal(labels, ignore_label)",

@@ -152,3 +152,28 @@ def test_weight_decay_reaches_kernels_only(name, decay_depthwise):
     for variable in variables:
         expected = 0.5 * (1 - 0.1 * 0.5) if variable.path in decayed else 0.5
         np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6, err_msg=variable.path)
+
+
+def test_poly_decay_ends_at_end_learning_rate():
+    # lr(t) = (base - end) (1 - t / T)^power + end, held at `end` after T steps.
+    schedule = optimizers.PolyDecay(0.1, 50, power=0.9, end_learning_rate=0.01)
+    for step in (0, 10, 25, 49, 50, 80):
+        expected = (0.1 - 0.01) * (1 - min(step, 50) / 50) ** 0.9 + 0.01
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-8), step
+    assert float(schedule(80)) == pytest.approx(0.01)
+
+
+def test_configure_batch_norm_reaches_nested_layers():
+    # Sync BN and the momentum override must reach the BN inside composite layers
+    # (ConvBNReLU / SeparableConvBN) and inside a nested backbone model.
+    model = tiny_deeplab(2)
+    found = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    nested = [bn for bn in found if bn.name in ("bn", "depthwise_bn", "pointwise_bn")]
+    assert nested, "the tiny model has BN inside composite layers"
+    assert trainer.configure_batch_norm(model, synchronized=True, momentum=0.9) == len(found)
+    for bn in found:
+        assert bn.synchronized and bn.momentum == 0.9, bn.path
