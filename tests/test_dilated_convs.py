@@ -161,3 +161,29 @@ def test_invalid_dilation_settings_name_the_layer():
         )(np.zeros((1, 8, 8, 2)))
     with pytest.raises(ValueError, match="same along"):
         AtrousConv2D(2, 3, dilation_rate=(2, 3), name="c")(np.zeros((1, 8, 8, 2)))
+
+
+def test_tflite_graph_has_fused_dilated_kernels_and_no_space_to_batch():
+    from keras_fusionseg import models
+    from keras_fusionseg.export.tflite import TFLiteSegmenter, convert_to_tflite
+
+    model = models.build(
+        "deeplabv3plus",
+        num_classes=3,
+        backbone="mobilenetv2",
+        backbone_options={"alpha": 0.35},
+        output_stride=16,
+        separable=True,
+        aspp_filters=16,
+        decoder_filters=16,
+        low_level_filters=8,
+    )
+    runner = TFLiteSegmenter(convert_to_tflite(model))
+    ops = [op["op_name"] for op in runner.interpreter._get_ops_details()]
+    assert not {"SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND", "ADD_N"} & set(ops), ops
+    assert ops.count("MUL") == 1, ops  # the input normalisation; every BN folded into its conv
+    assert ops.count("DEPTHWISE_CONV_2D") >= 17 + 3  # 17 MobileNetV2 blocks + 3 ASPP branches
+    image = np.random.default_rng(4).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    np.testing.assert_allclose(
+        runner.full_logits(image), model(image[None].astype("float32"))[0], atol=1e-4
+    )
