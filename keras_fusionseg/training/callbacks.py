@@ -1,6 +1,9 @@
-"""Training callbacks: stop on NaN, stop at a step budget, TensorBoard prediction overlays."""
+"""Training callbacks: stop on NaN, stop at a step budget, TensorBoard prediction overlays,
+and checkpoints and backups that a kill cannot leave half-written."""
 
+import json
 import math
+import os
 
 import keras
 import numpy as np
@@ -158,3 +161,180 @@ class PredictionOverlays(keras.callbacks.Callback):
         with self.writer.as_default():
             write_images("image | prediction | label", self.overlays(), epoch + 1)
         self.writer.flush()
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints and backups: written under a temporary name, then renamed (a rename is atomic
+# on one file system), so a run killed while saving leaves the previous file intact.
+
+
+def _temporary_path(path):
+    """A sibling of `path` with the same suffix (Keras picks the format from it)."""
+    folder, base = os.path.split(path)
+    for suffix in (".weights.h5", ".keras", ".json"):
+        if base.endswith(suffix):
+            stem = base[: -len(suffix)]
+            break
+    else:
+        stem, suffix = base, ""
+    return os.path.join(folder, f"{stem}.incomplete-{os.getpid()}{suffix}")
+
+
+def save_model_atomically(model, path, weights_only=False):
+    """`model.save(path)` (or `save_weights`) through a temporary file renamed at the end."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = _temporary_path(path)
+    try:
+        if weights_only:
+            model.save_weights(temporary, overwrite=True)
+        else:
+            model.save(temporary, overwrite=True)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _write_json_atomically(path, value):
+    temporary = _temporary_path(path)
+    with open(temporary, "w") as handle:
+        json.dump(value, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` whose file is written under a temporary name, then renamed."""
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            save_model_atomically(self.model, filepath, weights_only=self.save_weights_only)
+            if self.verbose > 0:
+                print(f"\nEpoch {epoch + 1}: saved {filepath}", flush=True)
+
+
+PREVIOUS_RECORD = "previous_training_metadata.json"
+
+
+def read_backup_metadata(backup_dir):
+    """The newest readable backup record `{"epoch", "batch", ...}` in `backup_dir`, or None.
+
+    A damaged record (a run killed while writing it) is skipped for the previous one.
+    """
+    for name in ("training_metadata.json", PREVIOUS_RECORD):
+        record = _read_record(os.path.join(backup_dir, name))
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def _read_record(path):
+    """The backup record at `path`, None if absent, or a str saying why it is unreadable."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+        if not isinstance(record, dict) or not all(
+            isinstance(record.get(key), int) for key in ("epoch", "batch")
+        ):
+            raise ValueError(f"expected integer 'epoch' and 'batch', found {record!r}")
+    except (OSError, ValueError) as error:
+        return f"{path}: unreadable ({error})"
+    return record
+
+
+class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that survives a kill while it writes, and says what it restored.
+
+    Saving: weights and record (epoch, batch, optimizer step) are written completely under
+    temporary names; only then is the current pair renamed to `previous` and the new pair
+    renamed into place. Restoring: each weights file (newest first) is loaded and paired with
+    the record of the same optimizer step, so a damaged file or a pair split by a kill falls
+    back to the previous backup; when no pair is usable, the error names every file and what
+    is wrong with it (delete the backup folder to start the run again).
+
+    Args:
+        backup_dir: str, folder of the backup.
+        save_freq: "epoch" or an int number of batches.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch"):
+        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=True)
+        # Keras names the previous weights `latest.weights.h5.bkp`, which `load_weights`
+        # refuses (it picks the format from the suffix): keep the suffix.
+        self._prev_weights_path = os.path.join(backup_dir, "previous.weights.h5")
+        self._prev_training_metadata_path = os.path.join(backup_dir, PREVIOUS_RECORD)
+        self.restored_from = None
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        step = int(self.model.optimizer.iterations.numpy())
+        record = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "step": step}
+        temporary = _temporary_path(self._weights_path)
+        try:
+            self.model.save_weights(temporary, overwrite=True)
+            for current, previous in (
+                (self._weights_path, self._prev_weights_path),
+                (self._training_metadata_path, self._prev_training_metadata_path),
+            ):
+                if os.path.exists(current):
+                    os.replace(current, previous)
+            os.replace(temporary, self._weights_path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        _write_json_atomically(self._training_metadata_path, record)
+
+    def on_train_begin(self, logs=None):
+        weights = [
+            path for path in (self._weights_path, self._prev_weights_path) if os.path.exists(path)
+        ]
+        if not weights:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        problems, records = [], []
+        for slot, path in enumerate(
+            (self._training_metadata_path, self._prev_training_metadata_path)
+        ):
+            record = _read_record(path)
+            if isinstance(record, str):
+                problems.append(record)
+            elif record is not None:
+                records.append((slot, path, record))
+        for path in weights:
+            slot = 0 if path == self._weights_path else 1
+            try:
+                self.model.load_weights(path)
+            except Exception as error:  # noqa: BLE001 - h5py raises several kinds on bad files
+                problems.append(f"{path}: unreadable ({type(error).__name__}: {error})")
+                continue
+            step = int(self.model.optimizer.iterations.numpy())
+            # Records from before the step was stored pair with the weights of their slot.
+            matches = [
+                (record_path, record)
+                for record_slot, record_path, record in records
+                if record.get("step", step if record_slot == slot else None) == step
+            ]
+            if not matches:
+                problems.append(f"{path}: step {step} has no matching training_metadata record")
+                continue
+            record_path, record = matches[0]
+            self.model._initial_epoch = record["epoch"]
+            self.restored_from = (path, record_path, record)
+            if problems:
+                print(
+                    "Backup: skipped damaged files (" + "; ".join(problems) + f"); resumed "
+                    f"from {path} (optimizer step {step}).",
+                    flush=True,
+                )
+            return
+        raise ValueError(
+            f"Cannot resume from the backup in {self.backup_dir!r}: "
+            + "; ".join(problems)
+            + ". Delete that folder to start the run again from the beginning."
+        )

@@ -1,12 +1,13 @@
 """The training loop: Keras `fit` under a `tf.distribute` strategy, then a final evaluation.
 
-Workdir layout: `config.json` (the resolved config), `backup/` (BackupAndRestore; a killed
-run re-run with the same command resumes from it), `checkpoints/best.keras` (best
-validation mIoU), `checkpoints/final.keras`, `logs/` (TensorBoard), and `metrics.json`,
-`confusion_matrix.csv`, `confusion_matrix.png` from the final evaluation.
+Workdir layout: `config.json` (the resolved config), `backup/` (`SafeBackupAndRestore`; a
+killed run re-run with the same command resumes from it, falling back to the previous backup
+when the newest is damaged), `checkpoints/best.keras` (best validation mIoU),
+`checkpoints/final.keras` (both written under a temporary name, then renamed), `logs/`
+(TensorBoard), and `metrics.json`, `confusion_matrix.csv`, `confusion_matrix.png` from the
+final evaluation.
 """
 
-import json
 import os
 import time
 
@@ -80,12 +81,10 @@ def configure_batch_norm(model, synchronized=False, momentum=0.0):
 
 def read_backup_state(backup_dir):
     """(epoch, batch) recorded by `BackupAndRestore`, or None when there is no backup."""
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
+    state = callbacks_lib.read_backup_metadata(backup_dir)
+    if state is None:
         return None
-    with open(path) as f:
-        state = json.load(f)
-    return int(state.get("epoch", 0)), int(state.get("batch", 0))
+    return state["epoch"], state["batch"]
 
 
 def _labels_for_outputs(loss_spec):
@@ -196,8 +195,8 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
 
         callback_list = [
             callbacks_lib.StopOnNaN(),
-            keras.callbacks.BackupAndRestore(
-                backup_dir, save_freq=config.train.backup_every_steps, double_checkpoint=True
+            callbacks_lib.SafeBackupAndRestore(
+                backup_dir, save_freq=config.train.backup_every_steps
             ),
             callbacks_lib.StopAtStep(stop_step),
         ]
@@ -215,7 +214,7 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
             os.makedirs(checkpoint_dir, exist_ok=True)
             logdir = os.path.join(workdir, "logs")
             callback_list += [
-                keras.callbacks.ModelCheckpoint(
+                callbacks_lib.AtomicModelCheckpoint(
                     os.path.join(checkpoint_dir, "best.keras"),
                     monitor=_monitor_name(model.loss_spec),
                     mode="max",
@@ -249,7 +248,7 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
         if recalibration:
             recalibrate_batch_norm(model, recalibration_images, recalibration)
         final_path = os.path.join(checkpoint_dir, "final.keras")
-        model.save(final_path)
+        callbacks_lib.save_model_atomically(model, final_path)
         results = evaluate_config(config, model, info, verbose=config.train.verbose)
         extra = {
             "checkpoint": final_path,
