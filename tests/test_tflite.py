@@ -6,8 +6,11 @@ from export_helpers import tiny_segmenter
 
 from keras_fusionseg.export import TFLiteSegmenter, convert_to_tflite
 
-# Max abs logit difference from Keras allowed per conversion (logits here are O(1)).
-TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "dynamic_int8": 5e-2, "full_int8": 0.15}
+# Max abs logit difference from Keras allowed per conversion, as a fraction of the logits'
+# range on the test image (the tiny model's logits span only ~0.6, so absolute tolerances
+# of 0.05-0.15 would be a quarter of the range and let a broken quantization through).
+# Measured: fp16 2e-4, dynamic int8 < 1e-6 (its small tensors stay float), full int8 1.2e-2.
+TOLERANCE = {"fp32": 2e-4, "fp16": 2e-3, "dynamic_int8": 1e-2, "full_int8": 4e-2}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,11 @@ def test_conversion_matches_keras(model_and_images, quantization, input_size):
     assert runner.input_dtype == (np.uint8 if quantization == "full_int8" else np.float32)
     image = images[0]
     expected = model(image[None].astype("float32"), training=False).numpy()
-    np.testing.assert_allclose(runner.logits(image), expected, atol=TOLERANCE[quantization])
+    logits = runner.logits(image)
+    spread = float(np.ptp(expected))
+    assert spread > 0.1  # a near-constant model would make any tolerance vacuous
+    np.testing.assert_allclose(logits, expected, atol=TOLERANCE[quantization] * spread)
+    assert np.mean(logits.argmax(-1) == expected.argmax(-1)) >= 0.97
     # Any image size: padded (dynamic) or resized (fixed), class ids at the image's size.
     odd = images[1][:50, :37]
     assert runner.class_ids(odd).shape == (50, 37)
