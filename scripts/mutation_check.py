@@ -275,6 +275,14 @@ MUTANTS = (
         "sync BN and the BN momentum override skip BN inside composite layers",
     ),
     Mutant(
+        "xception71_block_width",
+        "keras_fusionseg/backbones/xception.py",
+        "((256,) * 3, 2), ((728,) * 3, 1), ((728,) * 3, 2)),",
+        "((256,) * 3, 2), ((256,) * 3, 1), ((728,) * 3, 2)),",
+        ("tests/test_deeplab_fidelity.py",),
+        "Xception-71's fourth entry block has 256 instead of 728 channels",
+    ),
+    Mutant(
         "ignore_label_counted",
         "keras_fusionseg/evaluation/confusion.py",
         "keep = tf.not_equal(labels, ignore_label)",

@@ -44,3 +44,24 @@ def test_deeplabv3plus_xception65_parameters_and_macs():
     assert counts["trainable"] == PAPER_PARAMS_TRAINABLE, counts
     macs = count_macs(model, 513)
     assert abs(macs / PAPER_MACS - 1) < 0.01, macs
+
+
+def xception_block_parameters(inputs, depth):
+    """One entry-flow block: three separable convs (depthwise 3x3 + BN, pointwise + BN) and a
+    1x1 shortcut conv + BN; BN counted with its moving statistics (4 per channel)."""
+    first = 9 * inputs + 4 * inputs + inputs * depth + 4 * depth
+    later = 2 * (9 * depth + 4 * depth + depth * depth + 4 * depth)
+    return first + later + inputs * depth + 4 * depth, 2 * (inputs + 6 * depth)
+
+
+@pytest.mark.slow
+def test_deeplabv3plus_xception71_parameters_derived_from_xception65():
+    # Xception-71 (DeepLab model zoo) = Xception-65 plus two entry-flow blocks, 256 -> 256 and
+    # 728 -> 728 (the stride-2 steps move one block later); the heads are the same.
+    extra = [xception_block_parameters(256, 256), xception_block_parameters(728, 728)]
+    total = PAPER_PARAMS_TOTAL + sum(count for count, _ in extra)
+    trainable = PAPER_PARAMS_TRAINABLE + sum(count - moving for count, moving in extra)
+    model = models.build("deeplabv3plus", num_classes=21, backbone="xception71", output_stride=16)
+    counts = count_parameters(model)
+    assert (counts["total"], counts["trainable"]) == (total, trainable)  # 43,694,413 / 43,477,837
+    assert abs(trainable - 43.48e6) < 0.005e6  # model zoo: about 43.48M
