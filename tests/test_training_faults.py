@@ -1,12 +1,17 @@
-"""Training faults: checkpoints and backups written atomically, damaged backups on resume."""
+"""Training faults: checkpoints and backups written atomically, damaged backups on resume,
+misspelt builder options reported before building."""
 
 import os
+import pathlib
+import runpy
 
 import keras
 import numpy as np
 import pytest
 
+from keras_fusionseg import models
 from keras_fusionseg.training import callbacks as callbacks_lib
+from keras_fusionseg.training import config as config_lib
 from keras_fusionseg.training import trainer
 
 
@@ -157,3 +162,59 @@ def test_checkpoint_interrupted_while_saving_keeps_the_previous_file(tmp_path, m
         checkpoint.on_epoch_end(0, {"loss": 1.0})
     assert path.read_bytes() == good
     assert os.listdir(path.parent) == ["best.keras"]
+
+
+# ----------------------------------------------------------------------------------------
+# Options passed through to builders: checked against their signatures before building.
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("[a-z]*.py"))
+
+
+def _smoke_config():
+    return runpy.run_path(str(CONFIGS[0].parent / "smoke.py"))["get_config"]()
+
+
+def test_option_typos_are_named_with_a_hint_before_building(tmp_path, monkeypatch):
+    config = _smoke_config()
+    config.model.options = {**config.model.options, "aspp_filter": 16, "num_classes": 3}
+    config.model.backbone = "resnet50"
+    config.model.backbone_options = {"multigrid": (1, 2, 4)}
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before the options were checked")
+
+    monkeypatch.setattr(trainer, "build_model", no_build)
+    with pytest.raises(ValueError) as caught:
+        trainer.train(config, str(tmp_path / "run"))
+    message = str(caught.value)
+    assert "model.options has unknown option 'aspp_filter' for model 'deeplabv3plus' " in message
+    assert "(did you mean 'aspp_filters'?)" in message
+    assert "model.options sets 'num_classes'" in message
+    assert (
+        "model.backbone_options has unknown option 'multigrid' for backbone 'resnet50' "
+        "(did you mean 'multi_grid'?)"
+    ) in message
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
+def test_shipped_configs_options_are_accepted(path):
+    config = runpy.run_path(str(path))["get_config"]()
+    assert config_lib._model_option_problems(config) == []
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_model_default_and_tiny_options_are_accepted(name):
+    spec = models.registry.get_model_spec(name)
+    config = config_lib.default_config()
+    config.model.name = name
+    config.model.backbone = spec.tiny.get("backbone", "")
+    config.model.backbone_options = dict(spec.tiny.get("backbone_options", {}))
+    config.model.options = {
+        key: value
+        for key, value in spec.tiny.items()
+        if key not in ("backbone", "backbone_options", "output_stride", "input_shape")
+    }
+    assert config_lib._model_option_problems(config) == []
+    config.model.backbone = ""
+    config.model.backbone_options = dict(spec.default_backbone_options)
+    assert config_lib._model_option_problems(config) == []

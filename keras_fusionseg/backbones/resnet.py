@@ -207,3 +207,4 @@ def resnet152(input_shape=(None, None, 3), output_stride=32, depths=(3, 8, 36, 3
 
 for _builder in (resnet50, resnet101, resnet152):
     _builder.__doc__ += _DOC_ARGS
+    _builder.forwards_options_to = build_resnet  # lets configs check option names

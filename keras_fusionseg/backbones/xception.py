@@ -215,3 +215,4 @@ def xception71(input_shape=(None, None, 3), output_stride=16, **options):
 
 for _builder in (xception65, xception71):
     _builder.__doc__ += _DOC_ARGS
+    _builder.forwards_options_to = build_xception  # lets configs check option names

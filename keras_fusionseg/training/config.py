@@ -6,6 +6,7 @@ datasets, bad values and an unwritable workdir, before anything is built or trai
 """
 
 import difflib
+import inspect
 import os
 import tempfile
 
@@ -182,6 +183,65 @@ def _data_source_problems(config_data):
     return problems
 
 
+def accepted_options(builder, reserved=()):
+    """Keyword names `builder` accepts (following `forwards_options_to` past a `**options`),
+    without the `reserved` ones `build` passes itself; None when they cannot be known."""
+    names, target = set(), builder
+    while target is not None:
+        parameters = inspect.signature(target).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return sorted(names - set(reserved))
+        target = getattr(target, "forwards_options_to", None)
+    return None
+
+
+def _option_problems(path, options, builder, what, reserved):
+    accepted = accepted_options(builder, reserved)
+    if accepted is None:
+        return []
+    problems = []
+    for key in sorted(options):
+        if key in reserved:
+            problems.append(f"{path} sets {key!r}, which {what} receives from its own field")
+        elif key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(
+                f"{path} has unknown option {key!r} for {what}{hint}; accepted: {accepted}"
+            )
+    return problems
+
+
+def _model_option_problems(config):
+    """`model.options` against the model builder, `model.backbone_options` against the
+    backbone builder: a typo is reported here instead of as a TypeError mid-build."""
+    from keras_fusionseg import backbones, models
+    from keras_fusionseg.backbones.registry import get_backbone_spec
+    from keras_fusionseg.models.registry import get_model_spec
+
+    if config.model.name not in models.list_models():
+        return []
+    spec = get_model_spec(config.model.name)
+    problems = _option_problems(
+        "model.options",
+        dict(config.model.options),
+        spec.builder,
+        f"model {config.model.name!r}",
+        ("backbone", "num_classes", "aux_outputs"),
+    )
+    backbone = config.model.backbone or spec.default_backbone
+    if backbone in backbones.list_backbones():
+        problems += _option_problems(
+            "model.backbone_options",
+            dict(config.model.backbone_options),
+            get_backbone_spec(backbone).builder,
+            f"backbone {backbone!r}",
+            ("input_shape", "output_stride"),
+        )
+    return problems
+
+
 def validate_config(config, workdir=None, source="config"):
     """Checks every field of `config` (and `workdir`), raising one ValueError listing problems.
 
@@ -208,6 +268,7 @@ def validate_config(config, workdir=None, source="config"):
             f"model.backbone {config.model.backbone!r} is not a backbone; "
             f"available: {backbones.list_backbones()}"
         )
+    problems += _model_option_problems(config)
     if config.model.output_stride not in (8, 16, 32):
         problems.append(
             f"model.output_stride must be 8, 16 or 32, received {config.model.output_stride!r}"
