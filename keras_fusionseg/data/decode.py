@@ -5,7 +5,11 @@ message carries the file or record name: bad data fails with
 `InvalidArgumentError: ... <what is wrong> ... <file name> ...`.
 """
 
+import io
+
+import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from keras_fusionseg.data import integrity
 from keras_fusionseg.data.registry import IGNORE_LABEL
@@ -50,16 +54,59 @@ def decode_image(encoded, name):
         return tf.identity(image)
 
 
+def _png_needs_pil(encoded):
+    """True for a 16-bit or palette PNG: TensorFlow rescales 16-bit values to 8 bits (small
+    class ids become 0) and expands a palette to colours, losing the indices."""
+    padded = tf.strings.join([encoded, tf.constant(b"\0" * 26)])
+    is_png = tf.equal(tf.strings.substr(padded, 0, 8), integrity.PNG_SIGNATURE)
+    # IHDR is the first chunk: bit depth at byte 24, colour type at byte 25.
+    header = tf.io.decode_raw(tf.strings.substr(padded, 24, 2), tf.uint8)
+    return is_png & (tf.equal(header[0], 16) | tf.equal(header[1], 3))
+
+
+def _pil_label(data):
+    """Stored values of a 16-bit or palette PNG, as the TFRecord writer reads them (PIL)."""
+    if isinstance(data, np.ndarray):  # a 0-d object array holding the bytes
+        data = data.item()
+    label = np.asarray(Image.open(io.BytesIO(data)))
+    largest = np.int64(label.max()) if label.size else np.int64(0)
+    if label.ndim == 2:
+        label = label[..., None]
+    return np.clip(label, 0, 255).astype(np.uint8), largest
+
+
+def _decode_pil_label(encoded, name):
+    label, largest = tf.numpy_function(_pil_label, [encoded], (tf.uint8, tf.int64), stateful=False)
+    label.set_shape([None, None, None])
+    fits = _assert(
+        largest <= 255,
+        name,
+        "16-bit label has values above 255 (class ids must fit in 8 bits)",
+        "largest value:",
+        largest,
+    )
+    with tf.control_dependencies([fits]):
+        return tf.identity(label)
+
+
 def decode_label(encoded, name):
-    """Decodes a one-channel label image of class ids to uint8 [H, W, 1]."""
+    """Decodes a one-channel label image of class ids to uint8 [H, W, 1].
+
+    16-bit PNGs keep their values (an error names the file if one exceeds 255) and palette
+    PNGs keep their indices, as in the TFRecord writer.
+    """
     encoded = check_encoded_image(encoded, name, "label")
-    label = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    label = tf.cond(
+        _png_needs_pil(encoded),
+        lambda: _decode_pil_label(encoded, name),
+        lambda: tf.io.decode_image(encoded, channels=0, expand_animations=False),
+    )
     channels = tf.shape(label)[2]
     ok = _assert(
         tf.equal(channels, 1),
         name,
-        "Unexpected channel count in label (expected 1 channel of class ids; convert colour "
-        "or palette labels to class ids first)",
+        "Unexpected channel count in label (expected 1 channel of class ids or a palette "
+        "PNG; convert colour labels to class ids first)",
         "channels:",
         channels,
     )
@@ -114,11 +161,22 @@ def check_and_map_label(
 
 
 def decode_example(
-    image_bytes, label_bytes, name, *, num_classes=None, label_map=None, ignore_label=IGNORE_LABEL
+    image_bytes,
+    label_bytes,
+    name,
+    *,
+    num_classes=None,
+    label_map=None,
+    ignore_label=IGNORE_LABEL,
+    label_name=None,
 ):
-    """Encoded image and label -> `{"image", "label", "filename"}`, checked."""
+    """Encoded image and label -> `{"image", "label", "filename"}`, checked.
+
+    `name` names the example in errors; `label_name` (default `name`) names the label file
+    in errors about the label alone.
+    """
     image = decode_image(image_bytes, name)
-    label = decode_label(label_bytes, name)
+    label = decode_label(label_bytes, name if label_name is None else label_name)
     label = check_and_map_label(
         image,
         label,

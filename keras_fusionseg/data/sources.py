@@ -137,6 +137,7 @@ def pairs_dataset(pairs, *, num_classes=None, label_map=None, ignore_label=regis
             num_classes=num_classes,
             label_map=label_map,
             ignore_label=ignore_label,
+            label_name=label_path,
         )
 
     return lazy_dataset(records, decode)

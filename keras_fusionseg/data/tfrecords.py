@@ -129,6 +129,11 @@ def example_from_files(
             f"Label size differs from image size: {label_path!r} is {label.shape[:2]}, "
             f"{image_path!r} is {image.shape[:2]}."
         )
+    if label.size and (label.max() > 255 or label.min() < 0):
+        raise ValueError(
+            f"Label values outside 0..255 in {label_path!r} (largest {int(label.max())}): "
+            "class ids must fit in 8 bits."
+        )
     if label_map is not None:
         label = np.asarray(label_map, dtype=np.uint8)[label]
     if num_classes is not None:
