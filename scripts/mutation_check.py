@@ -283,6 +283,22 @@ MUTANTS = (
         "Xception-71's fourth entry block has 256 instead of 728 channels",
     ),
     Mutant(
+        "train_drops_class_weights",
+        "keras_fusionseg/training/trainer.py",
+        "class_weights=list(config.train.class_weights) or None,",
+        "class_weights=None,",
+        ("tests/test_training_runs.py::test_train_with_precise_bn_adamw_class_weights_and_ohem",),
+        "train.class_weights never reach the loss",
+    ),
+    Mutant(
+        "train_drops_ohem",
+        "keras_fusionseg/training/trainer.py",
+        "ohem_fraction=config.train.ohem_fraction,",
+        "ohem_fraction=1.0,",
+        ("tests/test_training_runs.py::test_train_with_precise_bn_adamw_class_weights_and_ohem",),
+        "train.ohem_fraction never reaches the loss",
+    ),
+    Mutant(
         "ignore_label_counted",
         "keras_fusionseg/evaluation/confusion.py",
         "keep = tf.not_equal(labels, ignore_label)",

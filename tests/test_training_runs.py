@@ -109,7 +109,7 @@ def first_batch_norm(model):
     raise AssertionError("no BatchNormalization layer")
 
 
-def test_train_with_precise_bn_and_adamw_saves_recalibrated_statistics(tmp_path):
+def test_train_with_precise_bn_adamw_class_weights_and_ohem(tmp_path):
     # BN momentum ~1 keeps training from moving the statistics (initial mean 0, variance 1);
     # no validation runs during fit, so only the final re-estimation can change them.
     config = smoke_config()
@@ -121,9 +121,15 @@ def test_train_with_precise_bn_and_adamw_saves_recalibrated_statistics(tmp_path)
     config.train.optimizer = "adamw"
     config.train.learning_rate = 1e-3
     config.train.weight_decay = 1e-2
+    config.train.class_weights = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)  # six synthetic_shapes classes
+    config.train.ohem_fraction = 0.5
     trainer.train(config, str(tmp_path / "run"), strategy="one_device")
     model = keras.models.load_model(tmp_path / "run" / "checkpoints" / "final.keras")
     assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    # Class weights and OHEM reached the compiled loss (saved with the checkpoint).
+    loss_config = model.loss.get_config()
+    assert list(loss_config["class_weights"]) == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    assert loss_config["ohem_fraction"] == 0.5
     bn = first_batch_norm(model)
     assert np.abs(bn.moving_mean.numpy()).max() > 1e-2
     assert np.abs(bn.moving_variance.numpy() - 1.0).max() > 1e-2
