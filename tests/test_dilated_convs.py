@@ -187,3 +187,26 @@ def test_tflite_graph_has_fused_dilated_kernels_and_no_space_to_batch():
     np.testing.assert_allclose(
         runner.full_logits(image), model(image[None].astype("float32"))[0], atol=1e-4
     )
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_mixed_bfloat16_forward_and_gradients(depthwise):
+    # --mixed_precision=mixed_bfloat16: kernels are float32 variables read as bfloat16.
+    x = np.random.default_rng(5).normal(size=(2, 9, 10, 4)).astype("float32")
+    ours, stock = make_pair(depthwise, 3, 2, "same", 4)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        kwargs = dict(kernel_size=3, dilation_rate=2, padding="same", use_bias=True)
+        low = AtrousDepthwiseConv2D(**kwargs) if depthwise else AtrousConv2D(5, **kwargs)
+        low.build(x.shape)
+        low.set_weights(ours.get_weights())
+        upstream = np.ones((2, 9, 10, 4 if depthwise else 5), "float32")
+        y_low, dx_low, dk_low, _ = output_and_gradients(low, x, upstream)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert str(y_low.dtype) == "bfloat16"
+    y, dx, dk, _ = output_and_gradients(stock, x, upstream)
+    scale = np.abs(y).max()
+    np.testing.assert_allclose(y_low.astype("float32"), y, atol=0.03 * scale)
+    np.testing.assert_allclose(dx_low.astype("float32"), dx, atol=0.03 * np.abs(dx).max())
+    np.testing.assert_allclose(dk_low.astype("float32"), dk, atol=0.03 * np.abs(dk).max())
