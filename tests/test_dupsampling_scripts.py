@@ -76,7 +76,7 @@ def test_upper_bound_helpers(reset_flags):
     assert (script.bilinear_reconstruction(label, 1, 2, 255) == label).all()
 
 
-def test_bilinear_reconstruction_at_ratio_4_matches_numpy(rng):
+def test_bilinear_reconstruction_at_ratio_4_matches_numpy(rng, reset_flags):
     # Ratio 1 is the identity; at ratio 4 the one-hot label is block-averaged (area) and
     # brought back bilinearly, which loses thin structures: compared with NumPy.
     script = load_script("dupsampling_upper_bound")
