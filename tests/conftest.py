@@ -24,6 +24,28 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture
+def load_script():
+    """`load_script(name)` imports scripts/<name>.py as a module; at teardown the absl flags it
+    defined are removed, so tests in the same process can load scripts with the same flags."""
+    import importlib.util
+
+    from absl import flags
+
+    before = set(flags.FLAGS)
+
+    def load(name):
+        path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for name in set(flags.FLAGS) - before:
+        delattr(flags.FLAGS, name)
+
+
 def shared_dataset(name):
     """Path of a real dataset in ../shared/data, or skip the test when it is absent."""
     path = SHARED_DATA / name
@@ -51,6 +73,7 @@ ONEDNN_LANE = {
     "test_pspnet_model",
     "test_resume",
     "test_serve",
+    "test_shipped_accuracy",
     "test_strategies",
     "test_tflite",
     "test_training",

@@ -1,7 +1,5 @@
 """Smoke tests of scripts/fit_dupsampling.py and scripts/dupsampling_upper_bound.py."""
 
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
@@ -10,15 +8,6 @@ from absl import flags
 from test_deeplab_layers import np_resize_bilinear
 
 from keras_fusionseg.layers.dupsampling_pca import load_dupsampling_basis
-
-SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"h7_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -38,22 +27,13 @@ def folder_dataset(tmp_path, rng):
     return tmp_path
 
 
-@pytest.fixture
-def reset_flags():
-    """Removes the flags a loaded script defined, so the next test can load another."""
-    before = set(flags.FLAGS)
-    yield
-    for name in set(flags.FLAGS) - before:
-        delattr(flags.FLAGS, name)
-
-
 def run(module, argv):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(argv)
     module.main([])
 
 
-def test_upper_bound_script_on_a_folder(folder_dataset, capsys, reset_flags):
+def test_upper_bound_script_on_a_folder(folder_dataset, capsys, load_script):
     script = load_script("dupsampling_upper_bound")
     run(
         script,
@@ -65,7 +45,7 @@ def test_upper_bound_script_on_a_folder(folder_dataset, capsys, reset_flags):
     assert "| 8 | DUpsampling | 192 | 100.00 |" in out
 
 
-def test_upper_bound_helpers(reset_flags):
+def test_upper_bound_helpers(load_script):
     script = load_script("dupsampling_upper_bound")
     truth = np.array([[0, 1], [1, 255]])
     matrix = script.confusion(truth, np.array([[0, 1], [0, 0]]), 2, 255)
@@ -76,7 +56,7 @@ def test_upper_bound_helpers(reset_flags):
     assert (script.bilinear_reconstruction(label, 1, 2, 255) == label).all()
 
 
-def test_bilinear_reconstruction_at_ratio_4_matches_numpy(rng, reset_flags):
+def test_bilinear_reconstruction_at_ratio_4_matches_numpy(rng, load_script):
     # Ratio 1 is the identity; at ratio 4 the one-hot label is block-averaged (area) and
     # brought back bilinearly, which loses thin structures: compared with NumPy.
     script = load_script("dupsampling_upper_bound")
@@ -90,7 +70,7 @@ def test_bilinear_reconstruction_at_ratio_4_matches_numpy(rng, reset_flags):
     assert (got != np.where(label == 255, got, label)).any()  # not the identity
 
 
-def test_fit_script_writes_a_basis(folder_dataset, tmp_path, reset_flags):
+def test_fit_script_writes_a_basis(folder_dataset, tmp_path, load_script):
     script = load_script("fit_dupsampling")
     output = tmp_path / "basis.npz"
     run(

@@ -71,16 +71,10 @@ def test_gffnet_rejects_bad_options():
         models.build("gffnet", num_classes=3, **{**tiny, "dropout": 1.5})
 
 
-def test_visualize_gates_script_writes_one_png_per_level(rng):
-    import importlib.util
-    import pathlib
-
+def test_visualize_gates_script_writes_one_png_per_level(rng, load_script):
     import tensorflow as tf
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "visualize_gates.py"
-    spec = importlib.util.spec_from_file_location("visualize_gates", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("visualize_gates")
     gates = [
         rng.uniform(size=(1, 8 // s, 10 // s, c)).astype("float32")
         for s, c in ((1, 1), (2, 1), (2, 3))

@@ -52,12 +52,17 @@ def test_conversion_matches_keras(model_and_images, quantization, input_size):
     assert runner.class_ids(odd).shape == (50, 37)
 
 
-def test_dynamic_runner_pads_like_the_saved_model(model_and_images):
+def test_dynamic_runner_sizes_like_the_saved_model(model_and_images):
     model, images = model_and_images
-    runner = TFLiteSegmenter(convert_to_tflite(model))
+    flatbuffer = convert_to_tflite(model)
     odd = images[2][:40, :52]
+    # default: the image as it is (the SavedModel's "whole" policy, what evaluate.py scores)
+    expected = model(odd[None].astype("float32"), training=False).numpy()[0]
+    np.testing.assert_allclose(TFLiteSegmenter(flatbuffer).full_logits(odd), expected, atol=1e-4)
+    # size_divisor=32: the "pad" policy, mean-pixel padding at the bottom/right, cropped back
     padded = np.pad(odd.astype("float32"), [(0, 24), (0, 12), (0, 0)], constant_values=127.5)
     expected = model(padded[None], training=False).numpy()[0, :40, :52]
+    runner = TFLiteSegmenter(flatbuffer, size_divisor=32)
     np.testing.assert_allclose(runner.full_logits(odd), expected, atol=1e-4)
 
 

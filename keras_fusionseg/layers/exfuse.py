@@ -29,6 +29,21 @@ def _check_odd(name, value):
 DEFAULT_GCN_KERNEL_SIZE = 15
 
 
+def _upsample_2x(inputs, upsample):
+    """`upsample(x)` (2x larger), cropped to `reference` when inputs are `[x, reference]`."""
+    x, reference = (inputs[0], inputs[1]) if isinstance(inputs, list | tuple) else (inputs, None)
+    y = upsample(x)
+    return y if reference is None else crop_to_reference(y, reference)
+
+
+def _upsample_2x_shape(input_shape, filters):
+    if isinstance(input_shape[0], list | tuple):
+        x_shape, ref_shape = input_shape
+        return (x_shape[0], ref_shape[1], ref_shape[2], filters)
+    h, w = input_shape[1:3]
+    return (input_shape[0], None if h is None else 2 * h, None if w is None else 2 * w, filters)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class GlobalConvolution(keras.layers.Layer):
     """Global Convolutional Network block: (k x 1 -> 1 x k) + (1 x k -> k x 1), summed.
@@ -228,25 +243,10 @@ class ExplicitChannelResolutionEmbedding(keras.layers.Layer):
         self.conv.build(shape)
 
     def call(self, inputs):
-        x, reference = (
-            (inputs[0], inputs[1]) if isinstance(inputs, list | tuple) else (inputs, None)
-        )
-        y = tf.nn.depth_to_space(self.conv(x), 2)
-        if reference is not None:
-            y = crop_to_reference(y, reference)
-        return y
+        return _upsample_2x(inputs, lambda x: tf.nn.depth_to_space(self.conv(x), 2))
 
     def compute_output_shape(self, input_shape):
-        if isinstance(input_shape[0], list | tuple):
-            x_shape, ref_shape = input_shape
-            return (x_shape[0], ref_shape[1], ref_shape[2], self.filters)
-        h, w = input_shape[1:3]
-        return (
-            input_shape[0],
-            None if h is None else 2 * h,
-            None if w is None else 2 * w,
-            self.filters,
-        )
+        return _upsample_2x_shape(input_shape, self.filters)
 
     def get_config(self):
         return {
@@ -400,25 +400,10 @@ class DeconvolutionUpsample(keras.layers.Layer):
             self.deconv.kernel.assign(bilinear_deconvolution_kernel(self.filters))
 
     def call(self, inputs):
-        x, reference = (
-            (inputs[0], inputs[1]) if isinstance(inputs, list | tuple) else (inputs, None)
-        )
-        y = self.deconv(x)
-        if reference is not None:
-            y = crop_to_reference(y, reference)
-        return y
+        return _upsample_2x(inputs, self.deconv)
 
     def compute_output_shape(self, input_shape):
-        if isinstance(input_shape[0], list | tuple):
-            x_shape, ref_shape = input_shape
-            return (x_shape[0], ref_shape[1], ref_shape[2], self.filters)
-        h, w = input_shape[1:3]
-        return (
-            input_shape[0],
-            None if h is None else 2 * h,
-            None if w is None else 2 * w,
-            self.filters,
-        )
+        return _upsample_2x_shape(input_shape, self.filters)
 
     def get_config(self):
         return {
