@@ -94,8 +94,8 @@ def _time_layer(op, x, k, rate, depthwise, rounds):
     def both(a):
         with tf.GradientTape() as tape:
             tape.watch(a)
-            y = op(a, k, rate, depthwise)
-        return tape.gradient(tf.reduce_sum(y * y), [a, k])
+            loss = tf.reduce_sum(tf.square(op(a, k, rate, depthwise)))
+        return tape.gradient(loss, [a, k])
 
     return {
         "forward_ms": _median_ms(lambda: forward(x).numpy(), rounds),
