@@ -27,7 +27,8 @@ flags.DEFINE_string("backbone_options", "", "Backbone options: comma-separated k
 flags.DEFINE_bool(
     "count_dilation_padding",
     False,
-    "Also count the MACs TensorFlow spends on the space-to-batch padding of dilated convs.",
+    "Also count the MACs TensorFlow spends on the space-to-batch padding of stock Keras dilated "
+    "convs (our layers are counted as native ops, without padding).",
 )
 
 

@@ -141,8 +141,9 @@ def count_macs(model, input_size, batch_size=1, count_dilation_padding=False):
         input_size: int or (height, width).
         batch_size: int, images per pass (MACs scale linearly).
         count_dilation_padding: bool, also count the outputs that TensorFlow computes on the
-            padding of its space-to-batch form of dilated convs (what the CPU executes);
-            by default only the real outputs are counted, as in the papers.
+            padding of the space-to-batch form of stock Keras dilated convs (e.g. in keras-hub
+            models); by default only the real outputs are counted, as in the papers. The
+            library's own dilated layers are traced as one native op each (no padding).
 
     Returns:
         int, multiply-adds (FLOPs / 2).
