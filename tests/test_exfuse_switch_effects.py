@@ -6,16 +6,9 @@ checked with a NumPy reference written here.
 
 import keras
 import numpy as np
+from test_exfuse_models import ALL_OFF, NUM_CLASSES
 
 from keras_fusionseg import models
-
-NUM_CLASSES = 3
-ALL_OFF = {
-    "semantic_supervision": False,
-    "semantic_embedding": False,
-    "channel_resolution_embedding": False,
-    "densely_adjacent_prediction": False,
-}
 
 
 def build(**switches):
