@@ -3,17 +3,23 @@
 Each model spec is `name[:backbone[:output_stride[:key=value[:key=value...]]]]`; option keys
 starting with `backbone.` go to the backbone (e.g. `backbone.alpha=0.35`). Specs are separated
 by commas outside brackets. Models are timed in interleaved rounds (one batch of 1 per model
-per round, after a warm-up), so that load changes on a shared machine hit every model alike;
-the table reports the median images/s.
+per round, after a warm-up; the first model of a round rotates), so that load changes on a
+shared machine hit every model alike; the table reports the median images/s.
+
+A `--peak_matmul_size`^2 fp32 matmul is timed in the same rounds: its median GFLOP/s is the
+machine's measured peak under the same load, and each model's achieved GFLOP/s
+(2 x MACs x images/s) is also given as a share of it. `--fold_batch_norm` and
+`--jit_compile` choose the inference path ("both" times each model both ways in the same
+rounds); the keras-hub peer goes through the same path as ours.
 
     python scripts/benchmark_models.py \
-        --models=deeplabv3plus:mobilenetv2:16,deeplabv3plus:resnet50:16 --input_size=512
+        --models=deeplabv3plus:mobilenetv2:16,deeplabv3plus:resnet50:16 --input_size=512 \
+        --json_out=benchmark.json
 """
 
+import json
 import os
-import platform
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,6 +36,25 @@ flags.DEFINE_integer("num_classes", 21, "Number of classes.")
 flags.DEFINE_integer("warmup", 3, "Untimed runs per model before timing.")
 flags.DEFINE_integer("runs", 10, "Timed runs (batches of 1) per model.")
 flags.DEFINE_bool("count_macs", True, "Count multiply-adds (slow for big models).")
+flags.DEFINE_string("json_out", None, "Also write the table (and machine, settings) as JSON here.")
+flags.DEFINE_enum(
+    "fold_batch_norm",
+    "off",
+    ["off", "on", "both"],
+    "Time the models with batch norm folded into the convs (`export.fold_batch_norm`), as "
+    "built, or both ways in the same rounds.",
+)
+flags.DEFINE_enum(
+    "jit_compile",
+    "off",
+    ["off", "on", "both"],
+    "Time the models XLA-compiled (`tf.function(jit_compile=True)`), not, or both.",
+)
+flags.DEFINE_integer(
+    "peak_matmul_size",
+    2048,
+    "Side of the square fp32 matmul timed in the same rounds as the machine's peak (0: none).",
+)
 flags.DEFINE_bool(
     "keras_hub_peer",
     False,
@@ -74,11 +99,67 @@ def describe(kwargs, spec):
     return spec.default_backbone if kwargs["backbone"] is None else kwargs["backbone"], text
 
 
+def settings(choice):
+    return {"off": [False], "on": [True], "both": [False, True]}[choice]
+
+
+def path_name(fold, jit):
+    return " + ".join(["BN folded"] * fold + ["XLA"] * jit) or "as built"
+
+
+def variants(model, height, width):
+    """(path, runner) per requested inference path of `model`; runners block on the result."""
+    import tensorflow as tf
+
+    from keras_fusionseg.export.optimize import fold_batch_norm
+
+    image = tf.random.uniform((1, height, width, 3), 0, 255, seed=0)
+    out = []
+    for fold in settings(FLAGS.fold_batch_norm):
+        graph = fold_batch_norm(model) if fold else model
+        for jit in settings(FLAGS.jit_compile):
+            function = tf.function(
+                lambda x, m=graph: m(x, training=False), autograph=False, jit_compile=jit
+            )
+
+            def run(function=function):
+                tf.nest.map_structure(lambda t: t.numpy(), function(image))
+
+            for _ in range(FLAGS.warmup):
+                run()
+            out.append((path_name(fold, jit), run))
+    return out
+
+
+def rows_from_times(entries, times, peak_gflops):
+    """Table rows (dicts) from the interleaved times of each entry."""
+    from keras_fusionseg.export.benchmark import achieved_gflops
+
+    rows = []
+    for entry, entry_times in zip(entries, times, strict=True):
+        median = statistics.median(entry_times)
+        row = {**entry["row"], "images_per_second": 1.0 / median, "ms_per_image": median * 1e3}
+        if row["macs"] is not None:
+            row["gflops"] = achieved_gflops(row["macs"], row["images_per_second"])
+            row["peak_share"] = row["gflops"] / peak_gflops if peak_gflops else None
+        else:
+            row["gflops"] = row["peak_share"] = None
+        row["times_s"] = entry_times
+        rows.append(row)
+    return rows
+
+
 def main(argv):
     del argv
     import tensorflow as tf
 
     from keras_fusionseg import models
+    from keras_fusionseg.export.benchmark import (
+        cpu_model_name,
+        interleaved_times,
+        matmul_runner,
+        onednn_setting,
+    )
     from keras_fusionseg.utils import count_macs, count_parameters
     from keras_fusionseg.utils.cli_options import (
         parse_input_size,
@@ -87,8 +168,18 @@ def main(argv):
     )
 
     height, width = parse_input_size(FLAGS.input_size)
-    specs = [parse_model_spec(s) for s in split_top_level(FLAGS.models, ",")]
+    specs = (
+        [parse_model_spec(s) for s in split_top_level(FLAGS.models, ",")] if FLAGS.models else []
+    )
     entries = []
+
+    def add(model, row):
+        row["params"] = count_parameters(model)["total"]
+        row["macs"] = count_macs(model, (height, width)) if FLAGS.count_macs else None
+        for path, run in variants(model, height, width):
+            entries.append({"row": {**row, "path": path}, "run": run})
+        print(f"built {row['model']} on {row['backbone']}: {row['params']:,} params", flush=True)
+
     for kwargs in specs:
         spec = models.get_model_spec(kwargs["name"])
         output_stride = kwargs["output_stride"] or spec.default_output_stride
@@ -102,63 +193,103 @@ def main(argv):
             **kwargs["options"],
         )
         backbone, options = describe(kwargs, spec)
-        params = count_parameters(model)["total"]
-        macs = count_macs(model, (height, width)) if FLAGS.count_macs else None
-        image = tf.random.uniform((1, height, width, 3), 0, 255, seed=0)
-        function = tf.function(lambda x, m=model: m(x, training=False), autograph=False)
-        for _ in range(FLAGS.warmup):
-            tf.nest.map_structure(lambda t: t.numpy(), function(image))
-        entries.append(
+        add(
+            model,
             {
-                "row": (kwargs["name"], backbone, output_stride, options, params, macs),
-                "function": function,
-                "image": image,
-                "times": [],
-            }
-        )
-        print(
-            f"built {kwargs['name']} on {backbone} OS{output_stride}: {params:,} params", flush=True
+                "model": kwargs["name"],
+                "backbone": backbone,
+                "output_stride": output_stride,
+                "options": options,
+            },
         )
 
     if FLAGS.keras_hub_peer:
-        model = keras_hub_peer(height, width, FLAGS.num_classes)
-        image = tf.random.uniform((1, height, width, 3), 0, 255, seed=0)
-        function = tf.function(lambda x, m=model: m(x, training=False), autograph=False)
-        for _ in range(FLAGS.warmup):
-            function(image).numpy()
-        row = ("keras-hub DeepLabV3+ (peer)", "ResNet-50", 32, "keras-hub layout")
-        params = count_parameters(model)["total"]
-        macs = count_macs(model, (height, width)) if FLAGS.count_macs else None
-        entries.append(
-            {"row": (*row, params, macs), "function": function, "image": image, "times": []}
+        add(
+            keras_hub_peer(height, width, FLAGS.num_classes),
+            {
+                "model": "keras-hub DeepLabV3+ (peer)",
+                "backbone": "ResNet-50",
+                "output_stride": 32,
+                "options": "keras-hub layout",
+            },
         )
 
-    # Interleaved rounds: every model sees the same machine conditions.
-    for _ in range(FLAGS.runs):
-        for entry in entries:
-            start = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy(), entry["function"](entry["image"]))
-            entry["times"].append(time.perf_counter() - start)
+    runners = [entry["run"] for entry in entries]
+    peak_flops = None
+    if FLAGS.peak_matmul_size:
+        run, peak_flops = matmul_runner(FLAGS.peak_matmul_size)
+        for _ in range(max(FLAGS.warmup, 1)):
+            run()
+        runners.append(run)
+    times = interleaved_times(runners, FLAGS.runs)
+    peak = None
+    if peak_flops:
+        matmul_times = times.pop()
+        peak = {
+            "matmul_size": FLAGS.peak_matmul_size,
+            "gflops_median": peak_flops / statistics.median(matmul_times) / 1e9,
+            "gflops_max": peak_flops / min(matmul_times) / 1e9,
+            "times_s": matmul_times,
+        }
+    rows = rows_from_times(entries, times, peak and peak["gflops_median"])
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    machine = {
+        "cpu_model": cpu_model_name(),
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "onednn": onednn_setting(),
+        "load_average_end": list(load),
+    }
     print()
     print(
-        f"Input {height}x{width}, {FLAGS.num_classes} classes, batch 1, median of {FLAGS.runs} runs "
-        f"after {FLAGS.warmup} warm-up; TF {tf.__version__}, {os.cpu_count()} CPU(s) "
-        f"({platform.processor() or platform.machine()}), load average at the end "
+        f"Input {height}x{width}, {FLAGS.num_classes} classes, batch 1, median of {FLAGS.runs} "
+        f"interleaved runs after {FLAGS.warmup} warm-up; CPU {machine['cpu_model']} "
+        f"({machine['cpu_count']} CPU(s)), TF {tf.__version__}, TF_ENABLE_ONEDNN_OPTS="
+        f"{machine['onednn']['env']} (oneDNN in effect: {machine['onednn']['effective']}), "
+        "load average at the end "
         f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}."
     )
-    print()
-    print("| model | backbone | OS | options | params (M) | MACs (B) | images/s | ms/image |")
-    print("|---|---|---|---|---|---|---|---|")
-    for entry in entries:
-        name, backbone, output_stride, options, params, macs = entry["row"]
-        median = statistics.median(entry["times"])
-        macs_text = f"{macs / 1e9:.2f}" if macs is not None else "-"
+    if peak:
         print(
-            f"| {name} | {backbone} | {output_stride} | {options or '-'} | {params / 1e6:.2f} | "
-            f"{macs_text} | {1 / median:.2f} | {median * 1e3:.0f} |"
+            f"Machine peak: {peak['matmul_size']}^2 fp32 matmul in the same rounds, median "
+            f"{peak['gflops_median']:.1f} GFLOP/s (best {peak['gflops_max']:.1f})."
         )
+    print()
+    print(
+        "| model | backbone | OS | options | path | params (M) | MACs (B) | images/s | ms/image "
+        "| GFLOP/s | % of matmul peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        macs = f"{row['macs'] / 1e9:.2f}" if row["macs"] is not None else "-"
+        gflops = f"{row['gflops']:.1f}" if row["gflops"] is not None else "-"
+        share = f"{100 * row['peak_share']:.1f}" if row["peak_share"] is not None else "-"
+        print(
+            f"| {row['model']} | {row['backbone']} | {row['output_stride']} | "
+            f"{row['options'] or '-'} | {row['path']} | {row['params'] / 1e6:.2f} | {macs} | "
+            f"{row['images_per_second']:.2f} | {row['ms_per_image']:.0f} | {gflops} | {share} |"
+        )
+    if FLAGS.json_out:
+        result = {
+            "machine": machine,
+            "settings": {
+                "input_size": [height, width],
+                "num_classes": FLAGS.num_classes,
+                "batch_size": 1,
+                "warmup": FLAGS.warmup,
+                "runs": FLAGS.runs,
+                "fold_batch_norm": FLAGS.fold_batch_norm,
+                "jit_compile": FLAGS.jit_compile,
+                "models": FLAGS.models,
+                "keras_hub_peer": FLAGS.keras_hub_peer,
+            },
+            "peak": peak,
+            "rows": rows,
+        }
+        with open(FLAGS.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwrote {FLAGS.json_out}")
 
 
 if __name__ == "__main__":

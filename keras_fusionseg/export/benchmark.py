@@ -1,7 +1,15 @@
-"""Measures shipped forms against the Keras model: latency, logit error, mIoU, int8 layer error."""
+"""Measures shipped forms against the Keras model: latency, logit error, mIoU, int8 layer error.
+
+Also the machine-side helpers of `scripts/benchmark_models.py`: the CPU's name, a matmul that
+measures the machine's fp32 throughput in the same run, interleaved timing rounds and achieved
+GFLOP/s.
+"""
 
 import csv
 import io
+import os
+import platform
+import subprocess
 import time
 
 import numpy as np
@@ -117,4 +125,98 @@ def int8_error_by_layer(model, representative_images, input_size, top=10):
     return rows[:top]
 
 
-__all__ = ["TFLiteSegmenter", "compare_on_split", "int8_error_by_layer", "median_latency_ms"]
+def cpu_model_name():
+    """The CPU's model name as `lscpu` gives it ("Model name:"), else from /proc/cpuinfo."""
+    try:
+        text = subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model name":
+                return value.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def achieved_gflops(macs, images_per_second):
+    """Achieved GFLOP/s of a model: 2 FLOPs per multiply-add, times images per second."""
+    return 2.0 * macs * images_per_second / 1e9
+
+
+def matmul_runner(size=2048, dtype=tf.float32, seed=0):
+    """(run, flops): `run()` multiplies two `size` x `size` matrices and waits for the result.
+
+    One square fp32 matmul is the best case of a CPU's dense kernels (oneDNN/Eigen GEMM on all
+    intra-op threads), so its FLOP/s, timed in the same rounds as the models, is the machine's
+    measured peak under the same load.
+    """
+    # Variables, so that no graph optimisation can fold the product into a constant.
+    a = tf.Variable(tf.random.stateless_uniform((size, size), (seed, 1), dtype=dtype))
+    b = tf.Variable(tf.random.stateless_uniform((size, size), (seed, 2), dtype=dtype))
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)), autograph=False)
+
+    def run():
+        matmul().numpy()
+
+    return run, 2.0 * size**3
+
+
+def interleaved_times(runners, rounds):
+    """Wall times (s) of each runner over `rounds` interleaved rounds.
+
+    Each round calls every runner once; the starting runner rotates from round to round, so
+    no runner always follows the same one (caches, turbo, a neighbour's burst of load).
+
+    Args:
+        runners: list of zero-argument callables that block until their work is done.
+        rounds: int.
+
+    Returns:
+        list (one per runner) of lists of `rounds` times in seconds.
+    """
+    times = [[] for _ in runners]
+    for round_index in range(rounds):
+        for k in range(len(runners)):
+            i = (round_index + k) % len(runners)
+            start = time.perf_counter()
+            runners[i]()
+            times[i].append(time.perf_counter() - start)
+    return times
+
+
+def onednn_setting():
+    """`TF_ENABLE_ONEDNN_OPTS` as set ("unset" when not) and whether oneDNN is in effect.
+
+    The default depends on the build and CPU (off on AVX2-only x86), so the effective value is
+    read from TensorFlow (a private helper; None when it is not available).
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        effective = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        effective = None
+    return {"env": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"), "effective": effective}
+
+
+__all__ = [
+    "TFLiteSegmenter",
+    "achieved_gflops",
+    "compare_on_split",
+    "cpu_model_name",
+    "int8_error_by_layer",
+    "interleaved_times",
+    "matmul_runner",
+    "median_latency_ms",
+    "onednn_setting",
+]
