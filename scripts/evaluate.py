@@ -5,8 +5,12 @@
     python scripts/evaluate.py --workdir=runs/camvid --config=configs/deeplabv3plus_mobilenetv2_camvid.py \
         --config.eval.mode=sliding --config.eval.trimap_widths="(2,5,10)"
 
+    python scripts/evaluate.py --preset=deeplabv3plus_mobilenetv2_camvid --workdir=runs/preset
+
 Writes metrics.json, confusion_matrix.csv and confusion_matrix.png to
-<workdir>/eval_<mode>/ (or --output_dir).
+<workdir>/eval_<mode>/ (or --output_dir). With --preset (instead of --checkpoint) and no
+--config, the preset's own training config says which data and eval mode to use;
+`--config.<field>=...` overrides still apply to it.
 """
 
 import os
@@ -26,6 +30,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder (default runs/<
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A .keras model (default <workdir>/checkpoints/final.keras)."
 )
+_PRESET = flags.DEFINE_string(
+    "preset", None, "A preset name (keras_fusionseg.models.list_presets()) instead of --checkpoint."
+)
+flags.mark_flags_as_mutual_exclusive(["checkpoint", "preset"])
 _RECALIBRATE = flags.DEFINE_integer(
     "bn_recalibration_batches",
     0,
@@ -60,6 +68,18 @@ def _check_num_classes(model, info, checkpoint, dataset):
         )
 
 
+def _with_overrides(config):
+    """`config` with the command line's `--config.<field>=value` overrides applied."""
+    for flag_name in flags.FLAGS:
+        if flag_name.startswith("config.") and flags.FLAGS[flag_name].present:
+            *parents, field = flag_name.split(".")[1:]
+            target = config
+            for key in parents:
+                target = target[key]
+            target[field] = flags.FLAGS[flag_name].value
+    return config
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -67,20 +87,32 @@ def main(argv):
 
     import keras_fusionseg  # noqa: F401  (registers custom layers for loading)
     from keras_fusionseg.evaluation import evaluator
+    from keras_fusionseg.models import presets
     from keras_fusionseg.training import trainer
     from keras_fusionseg.training.config import validate_config
 
     config = _CONFIG.value
-    name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+    if _PRESET.value:
+        if not flags.FLAGS["config"].present:
+            metadata = presets.load_preset_metadata(_PRESET.value)
+            config = _with_overrides(presets.training_config(metadata))
+        name = os.path.basename(os.path.normpath(_PRESET.value))
+    else:
+        name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
     workdir = _WORKDIR.value or os.path.join("runs", name)
     output_dir = _OUTPUT_DIR.value or os.path.join(workdir, f"eval_{config.eval.mode}")
-    validate_config(config, output_dir, source=flags.FLAGS["config"].config_filename)
+    source = f"preset {_PRESET.value!r}" if _PRESET.value else None
+    validate_config(config, output_dir, source=source or flags.FLAGS["config"].config_filename)
     checkpoint = _CHECKPOINT.value or os.path.join(workdir, "checkpoints", "final.keras")
-    if not os.path.isfile(checkpoint):
+    if _PRESET.value:
+        model, _ = presets.load_checkpoint_or_preset(preset=_PRESET.value)
+        checkpoint = f"preset:{_PRESET.value}"
+    elif not os.path.isfile(checkpoint):
         raise FileNotFoundError(
             f"Checkpoint {checkpoint!r} does not exist; train first or pass --checkpoint."
         )
-    model = keras.models.load_model(checkpoint, compile=False)
+    else:
+        model = keras.models.load_model(checkpoint, compile=False)
     _check_num_classes(model, trainer.dataset_info(config), checkpoint, config.data.name)
     if _RECALIBRATE.value:
         from keras_fusionseg.training.batch_norm import recalibrate_batch_norm

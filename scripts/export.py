@@ -3,8 +3,10 @@
     python scripts/export.py --model=runs/quickstart --output=exported/quickstart
     python scripts/export.py --model=model.keras --output=exported/m --size_policy=resize \
         --input_size=512,512 --probabilities --tflite=fp32,fp16,dynamic_int8,full_int8
+    python scripts/export.py --preset=deeplabv3plus_mobilenetv2_camvid --output=exported/camvid
 
-`--model` is a `.keras` file or a training workdir (its `checkpoints/best.keras`). The
+`--model` is a `.keras` file or a training workdir (its `checkpoints/best.keras`); `--preset`
+a preset shipped with the package (its training config names the calibration data). The
 SavedModel goes to `--output/saved_model`, TFLite files to `--output/model_<quantization>.tflite`.
 Full int8 is calibrated on `--calibration_images` images of the training data (the workdir's
 dataset unless `--calibration_source` is given).
@@ -19,7 +21,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from absl import app, flags  # noqa: E402
 
-_MODEL = flags.DEFINE_string("model", None, "A .keras file or a training workdir.", required=True)
+_MODEL = flags.DEFINE_string("model", None, "A .keras file or a training workdir.")
+_PRESET = flags.DEFINE_string(
+    "preset", None, "A preset name (keras_fusionseg.models.list_presets()) instead of --model."
+)
+flags.mark_flags_as_mutual_exclusive(["model", "preset"], required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder.", required=True)
 _SIZE_POLICY = flags.DEFINE_enum(
     "size_policy",
@@ -58,12 +64,17 @@ def _size(values, flag):
     return height, width
 
 
-def _workdir_data(model_path):
-    config_path = os.path.join(model_path, "config.json")
-    if not os.path.isfile(config_path):
-        return None, None
-    with open(config_path) as f:
-        config = json.load(f)
+def _workdir_data(model_path, metadata=None):
+    """(dataset name, data_dir) the model was trained on: the preset's training config, else
+    the workdir's `config.json`; (None, None) when unknown."""
+    if metadata is not None:
+        config = metadata["training"]["config"]
+    else:
+        config_path = os.path.join(model_path, "config.json")
+        if not os.path.isfile(config_path):
+            return None, None
+        with open(config_path) as f:
+            config = json.load(f)
     data = config.get("data", {})
     return data.get("name") or None, data.get("data_dir") or None
 
@@ -72,8 +83,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from keras_fusionseg import export
+    from keras_fusionseg.models import presets
 
-    model = export.load_keras_model(_MODEL.value)
+    model, metadata = presets.load_checkpoint_or_preset(
+        _MODEL.value, _PRESET.value, checkpoint_flag="model"
+    )
+    model_path = _MODEL.value or ""
     os.makedirs(_OUTPUT.value, exist_ok=True)
     saved_model_dir = os.path.join(_OUTPUT.value, "saved_model")
     pipeline = export.export_saved_model(
@@ -87,8 +102,9 @@ def main(argv):
         include_probabilities=_PROBABILITIES.value,
     )
     with open(os.path.join(_OUTPUT.value, "export_config.json"), "w") as f:
-        dataset = _CALIBRATION_SOURCE.value or _workdir_data(_MODEL.value)[0]
-        record = {"model": os.path.abspath(_MODEL.value), "dataset": dataset, **pipeline.config()}
+        dataset = _CALIBRATION_SOURCE.value or _workdir_data(model_path, metadata)[0]
+        origin = f"preset:{_PRESET.value}" if _PRESET.value else os.path.abspath(model_path)
+        record = {"model": origin, "dataset": dataset, **pipeline.config()}
         json.dump(record, f, indent=2)
     print(f"SavedModel ({pipeline.size_policy} size policy) written to {saved_model_dir}")
 
@@ -99,7 +115,7 @@ def main(argv):
     calibration = None
     for quantization in _TFLITE.value:
         if quantization == "full_int8" and calibration is None:
-            source, data_dir = _workdir_data(_MODEL.value)
+            source, data_dir = _workdir_data(model_path, metadata)
             source = _CALIBRATION_SOURCE.value or source
             if source is None:
                 raise app.UsageError("full_int8 needs --calibration_source (no workdir config).")

@@ -1,11 +1,14 @@
-"""Segments image files with a `.keras` model, a training workdir, a SavedModel or a `.tflite`.
+"""Segments image files with a `.keras` model, a training workdir, a SavedModel, a `.tflite`
+or a preset shipped with the package.
 
     python scripts/predict.py --model=runs/quickstart --inputs=photos/ --output_dir=predictions
+    python scripts/predict.py --preset=deeplabv3plus_mobilenetv2_camvid --inputs=street.png
     python scripts/predict.py --model=exported/m/saved_model --inputs='img/*.jpg' --dataset=camvid
 
 For every image it writes `<stem>_label.png` (one channel, the class ids) and
 `<stem>_overlay.png` (dataset colours over the image, with a legend of the classes present).
-Class names and colours come from --dataset, else from the workdir's or export's config.
+Class names and colours come from --dataset, else from the preset's metadata or the
+workdir's or export's config.
 A file that cannot be read or predicted is reported and skipped; the others are all written
 and the script exits with status 1 (--noskip_errors: stop at the first).
 """
@@ -18,9 +21,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from absl import app, flags  # noqa: E402
 
-_MODEL = flags.DEFINE_string(
-    "model", None, ".keras file, workdir, SavedModel dir or .tflite file.", required=True
+_MODEL = flags.DEFINE_string("model", None, ".keras file, workdir, SavedModel dir or .tflite file.")
+_PRESET = flags.DEFINE_string(
+    "preset", None, "A preset name (keras_fusionseg.models.list_presets()) instead of --model."
 )
+flags.mark_flags_as_mutual_exclusive(["model", "preset"], required=True)
 _INPUTS = flags.DEFINE_list("inputs", None, "Image files, globs or folders.", required=True)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "predictions", "Output folder.")
 _DATASET = flags.DEFINE_string("dataset", None, "Registered dataset for class names/colours.")
@@ -50,16 +55,27 @@ def main(argv):
     from keras_fusionseg.export.saved_model import is_saved_model_dir
 
     files = pf.list_image_files(_INPUTS.value)
+    model_path = _MODEL.value or ""
     options = {}
-    if _MODEL.value.endswith(".tflite"):
+    if model_path.endswith(".tflite"):
         options["size_divisor"] = _SIZE_DIVISOR.value
-    elif not is_saved_model_dir(_MODEL.value) and _SIZE_DIVISOR.value > 1:
+    elif not is_saved_model_dir(model_path) and _SIZE_DIVISOR.value > 1:
         options.update(size_policy="pad", size_divisor=_SIZE_DIVISOR.value)
-    if _MODEL.value.endswith(".tflite"):
+    if model_path.endswith(".tflite"):
         options["num_threads"] = _NUM_THREADS.value
-    segmenter = load_segmenter(_MODEL.value, **options)
-    dataset = _DATASET.value or pf.dataset_name_for(_MODEL.value)
-    class_names, palette = pf.class_names_and_palette(dataset, _NUM_CLASSES.value)
+    if _PRESET.value:
+        from keras_fusionseg.export.predictor import KerasSegmenter
+        from keras_fusionseg.models import presets
+
+        model, metadata = presets.load_checkpoint_or_preset(preset=_PRESET.value)
+        segmenter = KerasSegmenter(model, **options)
+        class_names, palette = presets.class_names_and_palette(metadata)
+        if _DATASET.value:
+            class_names, palette = pf.class_names_and_palette(_DATASET.value)
+    else:
+        segmenter = load_segmenter(model_path, **options)
+        dataset = _DATASET.value or pf.dataset_name_for(model_path)
+        class_names, palette = pf.class_names_and_palette(dataset, _NUM_CLASSES.value)
     failures = [] if _SKIP_ERRORS.value else None
     written = pf.predict_files(
         segmenter,
@@ -72,7 +88,8 @@ def main(argv):
         progress=len(files) > 1,
         failures=failures,
     )
-    print(f"{len(written)} images ({segmenter.kind} model) -> {_OUTPUT_DIR.value}/")
+    source = f"preset {_PRESET.value!r}, " if _PRESET.value else ""
+    print(f"{len(written)} images ({source}{segmenter.kind} model) -> {_OUTPUT_DIR.value}/")
     if failures:
         print(f"{len(failures)} of {len(files)} files failed and were skipped:", file=sys.stderr)
         for path, message in failures:

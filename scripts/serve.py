@@ -2,10 +2,13 @@
 
     pip install -e ".[serve]"     # waitress
     python scripts/serve.py --saved_model=exported/m/saved_model --model_name=shapes
+    python scripts/serve.py --preset=deeplabv3plus_mobilenetv2_camvid   # /v1/models/<preset>
     curl localhost:8501/v1/models/shapes
     printf '{"instances": [{"b64": "%s"}]}' "$(base64 -w0 image.png)" > request.json
     curl -d @request.json localhost:8501/v1/models/shapes:predict
 
+--preset serves a preset shipped with the package: it is exported first (whole-image size
+policy, as `scripts/export.py --preset`) to a temporary folder removed when the server stops.
 The model runs once before the server reports itself ready; a model that cannot run here
 stops the script with TensorFlow's error. Binds to 127.0.0.1 unless --host says otherwise
 (`--host=::1` for IPv6 loopback). TF Serving serves the same SavedModel with no client change
@@ -20,8 +23,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from absl import app, flags, logging  # noqa: E402
 
-_SAVED_MODEL = flags.DEFINE_string("saved_model", None, "SavedModel directory.", required=True)
-_MODEL_NAME = flags.DEFINE_string("model_name", "segmenter", "The <name> in /v1/models/<name>.")
+_SAVED_MODEL = flags.DEFINE_string("saved_model", None, "SavedModel directory.")
+_PRESET = flags.DEFINE_string(
+    "preset",
+    None,
+    "A preset name (keras_fusionseg.models.list_presets()) instead of --saved_model.",
+)
+flags.mark_flags_as_mutual_exclusive(["saved_model", "preset"], required=True)
+_MODEL_NAME = flags.DEFINE_string(
+    "model_name", None, "The <name> in /v1/models/<name> (default: the preset, or 'segmenter')."
+)
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (loopback by default).")
 _PORT = flags.DEFINE_integer("port", 8501, "Port (8501 is TF Serving's REST port; 0 = any).")
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 2048 * 2048, "Largest height*width accepted.")
@@ -46,15 +57,39 @@ _STOP_AFTER = flags.DEFINE_float(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="preset_saved_model_") as scratch:
+        saved_model_dir = _SAVED_MODEL.value
+        if _PRESET.value:
+            saved_model_dir = export_preset(_PRESET.value, scratch)
+        serve(saved_model_dir)
+
+
+def export_preset(preset, folder):
+    """Exports preset `preset` as a SavedModel in `folder` and returns its path."""
+    from keras_fusionseg import export
+    from keras_fusionseg.models import presets
+
+    model, _ = presets.load_checkpoint_or_preset(preset=preset)
+    path = os.path.join(folder, "saved_model")
+    export.export_saved_model(model, path)
+    return path
+
+
+def serve(saved_model_dir):
     import threading
 
     from keras_fusionseg.export.serving import PredictionService, make_server
 
+    model_name = _MODEL_NAME.value
+    if model_name is None:
+        model_name = os.path.basename(os.path.normpath(_PRESET.value or "segmenter"))
     if _HOST.value not in ("127.0.0.1", "localhost", "::1"):
         logging.warning("Binding to %s: this server has no authentication or TLS.", _HOST.value)
     service = PredictionService(
-        _SAVED_MODEL.value,
-        _MODEL_NAME.value,
+        saved_model_dir,
+        model_name,
         max_pixels=_MAX_PIXELS.value,
         max_batch=_MAX_BATCH.value,
         max_concurrent=_MAX_CONCURRENT.value,
@@ -70,9 +105,7 @@ def main(argv):
         channel_timeout=_CHANNEL_TIMEOUT.value,
         verbose=True,
     )
-    print(
-        f"Serving {_MODEL_NAME.value!r} at {server.url}/v1/models/{_MODEL_NAME.value}", flush=True
-    )
+    print(f"Serving {model_name!r} at {server.url}/v1/models/{model_name}", flush=True)
     if _STOP_AFTER.value > 0:
         threading.Timer(_STOP_AFTER.value, server.shutdown).start()
     try:
