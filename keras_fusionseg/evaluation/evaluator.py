@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fusionseg.evaluation import boundary, inference
+from keras_fusionseg.evaluation import boundary, figures, inference
 from keras_fusionseg.evaluation.confusion import confusion_from_labels, iou_from_confusion
 
 
@@ -153,6 +153,9 @@ def evaluate(
 def write_reports(results, directory, extra=None):
     """Writes `metrics.json`, `confusion_matrix.csv` and `confusion_matrix.png` to `directory`.
 
+    The PNG is a labelled figure (class names, row shares, colour bar) when matplotlib is
+    installed (the `plot` extra), else a bare heat map (`figures.write_confusion_matrix_png`).
+
     Args:
         results: dict from `evaluate`.
         directory: output folder (created).
@@ -170,21 +173,6 @@ def write_reports(results, directory, extra=None):
         writer.writerow(["true \\ predicted", *names])
         for name, row in zip(names, confusion, strict=True):
             writer.writerow([name, *(int(v) for v in row)])
-    png = confusion_heat_map(confusion)
-    tf.io.write_file(os.path.join(directory, "confusion_matrix.png"), tf.io.encode_png(png))
-
-
-def confusion_heat_map(confusion, cell=16):
-    """uint8 RGB heat map [C*cell, C*cell, 3] of the row-normalised confusion matrix.
-
-    Row i (true class i) shows where its pixels went: white = 0, dark blue = 1.
-    """
-    confusion = np.asarray(confusion, np.float64)
-    rows = confusion.sum(axis=1, keepdims=True)
-    share = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
-    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
-    colours = white + share[..., None] * (blue - white)
-    image = np.repeat(np.repeat(colours, cell, axis=0), cell, axis=1)
-    image[::cell, :, :] = 200.0  # grid lines
-    image[:, ::cell, :] = 200.0
-    return image.astype(np.uint8)
+    figures.write_confusion_matrix_png(
+        confusion, names, os.path.join(directory, "confusion_matrix.png")
+    )

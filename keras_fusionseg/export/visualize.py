@@ -16,8 +16,21 @@ def colorize(class_ids, palette):
     return colours
 
 
-def overlay(image, class_ids, palette, alpha=0.5):
-    """Blends the colour label map over an image (H, W, 1 or 3), returning uint8 RGB."""
+def overlay(image, class_ids, palette, alpha=0.5, clear_black=True):
+    """Blends the colour label map over an image (H, W, 1 or 3), returning uint8 RGB.
+
+    Void pixels (ids outside the palette, e.g. the ignore label 255) are transparent: they
+    keep the image's own pixels, so unlabelled areas are not darkened. With `clear_black`
+    (default) so are classes coloured black, the "background" of the PASCAL VOC palette
+    (`default_palette`) and of most datasets: black only darkens the image under it.
+
+    Args:
+        image: (H, W), (H, W, 1) or (H, W, 3) pixels in [0, 255].
+        class_ids: (H, W) integer class ids.
+        palette: (num_classes, 3) colours.
+        alpha: float in [0, 1], weight of the class colours.
+        clear_black: bool, draw black classes transparent too.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`alpha` must be in [0, 1], received {alpha!r}.")
     image = np.asarray(image)
@@ -25,8 +38,20 @@ def overlay(image, class_ids, palette, alpha=0.5):
         image = image[..., None]
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
+    class_ids = np.asarray(class_ids)
+    palette = np.asarray(palette, np.uint8)
+    if class_ids.shape != image.shape[:2]:
+        raise ValueError(
+            f"`class_ids` must have the image's height and width {image.shape[:2]}, "
+            f"received shape {class_ids.shape}."
+        )
+    coloured = (class_ids >= 0) & (class_ids < len(palette))
+    if clear_black:
+        black = np.all(palette == 0, axis=-1)
+        coloured &= ~black[np.where(coloured, class_ids, 0)]
     colours = colorize(class_ids, palette).astype(np.float32)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    weight = np.where(coloured, np.float32(alpha), np.float32(0.0))[..., None]
+    blended = (1.0 - weight) * image.astype(np.float32) + weight * colours
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 

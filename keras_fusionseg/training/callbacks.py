@@ -1,5 +1,5 @@
 """Training callbacks: stop on NaN, stop at a step budget, TensorBoard prediction overlays,
-and checkpoints and backups that a kill cannot leave half-written."""
+training curves (CSV and PNG), and checkpoints and backups that a kill cannot leave half-written."""
 
 import json
 import math
@@ -9,6 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
+
+from keras_fusionseg.evaluation import figures
+from keras_fusionseg.export.visualize import overlay
 
 
 def _metadata(plugin_name):
@@ -113,18 +116,11 @@ class StopAtStep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def colorize(label, palette, ignore_label=255):
-    """uint8 RGB [H, W, 3] of a label map; ignored pixels are black."""
-    label = np.asarray(label)
-    palette = np.asarray(palette, np.uint8)
-    safe = np.where(label == ignore_label, 0, label).clip(0, len(palette) - 1)
-    colours = palette[safe]
-    colours[label == ignore_label] = 0
-    return colours
-
-
 class PredictionOverlays(keras.callbacks.Callback):
     """Writes [image | prediction overlay | label overlay] of a few images to TensorBoard.
+
+    Ignored label pixels and black ("background") classes are drawn transparent
+    (`export.visualize.overlay`).
 
     Args:
         images: float [N, H, W, C] raw pixels (same size), e.g. the first validation images.
@@ -152,15 +148,71 @@ class PredictionOverlays(keras.callbacks.Callback):
         rows = []
         for image, prediction, label in zip(self.images, predictions, self.labels, strict=True):
             rgb = image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
-            colours = [colorize(m, self.palette, self.ignore_label) for m in (prediction, label)]
-            blends = [(1 - self.alpha) * rgb + self.alpha * c for c in colours]
+            rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+            label = np.where(label == self.ignore_label, -1, label)  # void: outside the palette
+            blends = [overlay(rgb, m, self.palette, self.alpha) for m in (prediction, label)]
             rows.append(np.concatenate([rgb, *blends], axis=1))
-        return np.clip(np.stack(rows), 0, 255).astype(np.uint8)
+        return np.stack(rows)
 
     def on_epoch_end(self, epoch, logs=None):
         with self.writer.as_default():
             write_images("image | prediction | label", self.overlays(), epoch + 1)
         self.writer.flush()
+
+
+class TrainingCurves(keras.callbacks.Callback):
+    """Keeps `training_curves.csv` and draws `training_curves.png` in a run's folder.
+
+    One row per epoch: the optimizer step, the training loss and, on validated epochs, the
+    validation mIoU (`val_mean_iou`, or `val_logits_mean_iou` for models with auxiliary
+    outputs). The PNG (`evaluation.figures.training_curves_figure`, needs matplotlib) is
+    redrawn after every validation, so it can be watched during training. Rows of a resumed
+    run past the restored step are dropped before new ones are added.
+
+    Args:
+        directory: str, the run's folder (where `metrics.json` goes).
+    """
+
+    def __init__(self, directory):
+        super().__init__()
+        self.csv_path = os.path.join(directory, "training_curves.csv")
+        self.png_path = os.path.join(directory, "training_curves.png")
+        self.rows = []
+        self._warned = False
+
+    def on_train_begin(self, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        self.rows = [r for r in figures.read_curve_rows(self.csv_path) if r["step"] <= step]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        miou = next(
+            (v for k, v in logs.items() if k in ("val_mean_iou", "val_logits_mean_iou")), None
+        )
+        self.rows.append(
+            {
+                "epoch": epoch + 1,
+                "step": int(self.model.optimizer.iterations.numpy()),
+                "loss": float(logs.get("loss", math.nan)),
+                "val_mean_iou": math.nan if miou is None else float(miou),
+            }
+        )
+        figures.write_curve_rows(self.csv_path, self.rows)
+        if miou is not None or not os.path.exists(self.png_path):
+            self.draw()
+
+    def on_train_end(self, logs=None):
+        if self.rows:
+            self.draw()
+
+    def draw(self):
+        if not figures.write_training_curves_png(self.rows, self.png_path) and not self._warned:
+            self._warned = True
+            print(
+                "matplotlib is not installed (pip install 'keras_fusionseg[plot]'): no "
+                f"{self.png_path}; the curves are in {self.csv_path}.",
+                flush=True,
+            )
 
 
 # ----------------------------------------------------------------------------------------
