@@ -1,4 +1,5 @@
-"""GCN and ExFuse blocks: NumPy references, shapes, serialization."""
+"""GCN and ExFuse blocks: NumPy references (all weights random, biases included), shapes,
+serialization."""
 
 import keras
 import numpy as np
@@ -22,6 +23,17 @@ def roundtrip(layer, x):
         clone.build([np.shape(t) for t in x] if isinstance(x, list) else np.shape(x))
     clone.set_weights(layer.get_weights())
     return clone
+
+
+def randomize(layer, rng):
+    """Random values for every weight, biases included (Keras starts them at zero, which would
+    make the bias terms of the references below vacuous); returns the layer."""
+    biases = [w for w in layer.weights if w.name == "bias"]
+    assert biases, "expected biased convolutions"
+    for weight in layer.weights:
+        weight.assign(rng.normal(0, 0.5, tuple(weight.shape)).astype("float32"))
+    assert all(np.abs(b.numpy()).min() > 0 for b in biases)
+    return layer
 
 
 def conv_same(x, kernel, bias=None):
@@ -94,7 +106,8 @@ def test_densely_adjacent_prediction_errors():
 def test_global_convolution_matches_numpy(rng):
     x = rng.normal(size=(1, 9, 8, 3)).astype("float32")
     layer = GlobalConvolution(4, kernel_size=5)
-    y = np.asarray(layer(x))
+    layer.build(x.shape)
+    y = np.asarray(randomize(layer, rng)(x))
     p = {w.path.split("/")[-2] + "/" + w.name: w.numpy() for w in layer.weights}
     left = conv_same(conv_same(x, p["left_kx1/kernel"], p["left_kx1/bias"]), p["left_1xk/kernel"])
     left += p["left_1xk/bias"]
@@ -114,7 +127,8 @@ def test_global_convolution_matches_numpy(rng):
 def test_boundary_refinement_matches_numpy(rng):
     x = rng.normal(size=(2, 6, 5, 3)).astype("float32")
     layer = BoundaryRefinement()
-    y = np.asarray(layer(x))
+    layer.build(x.shape)
+    y = np.asarray(randomize(layer, rng)(x))
     k1, b1, k2, b2 = (w.numpy() for w in layer.weights)
     expected = x + conv_same(np.maximum(conv_same(x, k1, b1), 0), k2, b2)
     np.testing.assert_allclose(y, expected, atol=1e-5)
@@ -126,7 +140,8 @@ def test_semantic_embedding_branch_is_eq2_product(rng):
     high1 = rng.normal(size=(1, 4, 4, 6)).astype("float32")
     high2 = rng.normal(size=(1, 2, 2, 5)).astype("float32")
     layer = SemanticEmbeddingBranch()
-    y = np.asarray(layer([low, high1, high2]))
+    layer.build([low.shape, high1.shape, high2.shape])
+    y = np.asarray(randomize(layer, rng)([low, high1, high2]))
     assert y.shape == low.shape
     k1, b1, k2, b2 = (w.numpy() for w in layer.weights)
     up1 = tf.image.resize(conv_same(high1, k1, b1), (8, 8), method="bilinear").numpy()
@@ -141,7 +156,8 @@ def test_semantic_embedding_branch_is_eq2_product(rng):
 def test_ecre_is_conv_then_depth_to_space(rng):
     x = rng.normal(size=(1, 3, 4, 5)).astype("float32")
     layer = ExplicitChannelResolutionEmbedding(2)
-    y = np.asarray(layer(x))
+    layer.build(x.shape)
+    y = np.asarray(randomize(layer, rng)(x))
     assert y.shape == (1, 6, 8, 2)
     kernel, bias = (w.numpy() for w in layer.weights)
     z = conv_same(x, kernel, bias)  # (1, 3, 4, 8)
