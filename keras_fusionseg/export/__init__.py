@@ -1,5 +1,6 @@
-"""Shipping a trained model: SavedModel with raw-image signatures, TFLite, predict, serve."""
+"""Shipping a trained model: SavedModel with raw-image signatures, TFLite, ONNX, predict, serve."""
 
+from keras_fusionseg.export.onnx import export_onnx  # noqa: F401  (tf2onnx imported on use)
 from keras_fusionseg.export.predictor import load_segmenter  # noqa: F401
 from keras_fusionseg.export.saved_model import (  # noqa: F401
     SIZE_POLICIES,
