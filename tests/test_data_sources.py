@@ -12,6 +12,7 @@ from PIL import Image
 
 from keras_fusionseg import data
 from keras_fusionseg.data import registry, tfrecords
+from keras_fusionseg.training.config import default_config, validate_config
 
 
 def _save(path, array, fmt="PNG"):
@@ -170,6 +171,51 @@ def test_registered_folder_applies_label_map(tmp_path, rng):
     np.testing.assert_array_equal(element["label"][0, :, 0], [0, 1, 255, 18])
     raw = _elements(data.load_split("cityscapes", "val", data_dir=root, apply_label_map=False))
     np.testing.assert_array_equal(raw[0]["label"][0, :, 0], [7, 8, 0, 33])
+
+
+@pytest.fixture
+def user_registration():
+    """Registers a user dataset for one test and removes it afterwards."""
+    names = []
+
+    def register(info):
+        names.append(info.name)
+        return data.register_dataset(info)
+
+    yield register
+    for name in names:
+        registry._DATASETS.pop(name, None)
+
+
+def test_register_dataset_makes_a_user_dataset_loadable_by_name(tmp_path, rng, user_registration):
+    # Stored values 10 / 20 / 30 are train ids 0 / 1 / 2; 0 is void (not trained on).
+    table = np.full(256, 255, np.uint8)
+    table[[10, 20, 30]] = [0, 1, 2]
+    info = data.DatasetInfo("user_roads", 3, ("road", "car", "sky"), label_map=table)
+    assert user_registration(info) is info
+    assert "user_roads" in data.list_datasets()
+    assert data.get_dataset_info("user_roads") is info
+    root = tmp_path / "roads"
+    _save(root / "images/train/a.png", rng.integers(0, 256, (3, 4, 3), np.uint8))
+    _save(root / "labels/train/a.png", np.array([[10, 20, 30, 0]] * 3, np.uint8))
+    label = _elements(data.load_split("user_roads", "train", data_dir=root))[0]["label"]
+    np.testing.assert_array_equal(label[..., 0], [[0, 1, 2, 255]] * 3)
+    # A stored value outside the table's classes is an error naming the file.
+    _save(root / "labels/train/a.png", np.array([[10, 20, 30, 40]] * 3, np.uint8))
+    table[40] = 7
+    user_registration(data.DatasetInfo("user_roads_bad", 3, ("r", "c", "s"), label_map=table))
+    with pytest.raises(Exception, match="a.png"):
+        _elements(data.load_split("user_roads_bad", "train", data_dir=root))
+    # Training configs accept the name and take the class count from the registration.
+    config = default_config()
+    config.data.name, config.data.data_dir = "user_roads", str(root)
+    validate_config(config, str(tmp_path / "run"))
+    config.data.num_classes = 5
+    with pytest.raises(ValueError, match="num_classes 5 differs from dataset 'user_roads'"):
+        validate_config(config, str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="'user_roads' is registered twice"):
+        data.register_dataset(data.DatasetInfo("user_roads", 1, ("x",)))
+    assert data.get_dataset_info("user_roads") is info  # the first registration stands
 
 
 # ----------------------------------------------------------------------------------------
