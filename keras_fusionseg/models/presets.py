@@ -26,6 +26,8 @@ import io
 import json
 import os
 import re
+import shutil
+import subprocess
 
 import keras
 import numpy as np
@@ -388,3 +390,265 @@ def class_names_and_palette(metadata):
     """(class names, uint8 palette (num_classes, 3)) of a preset's metadata."""
     dataset = metadata["dataset"]
     return list(dataset["class_names"]), np.asarray(dataset["palette"], np.uint8)
+
+
+# Packaging (scripts/make_preset.py).
+
+
+def machine():
+    """CPU model name and core counts of this machine (`lscpu`, else /proc/cpuinfo)."""
+    fields = {}
+    try:
+        text = subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=True, env={"LC_ALL": "C"}
+        ).stdout
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    cpu = fields.get("Model name")
+    if not cpu and os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else None
+    logical = int(fields.get("CPU(s)") or os.cpu_count() or 0) or None
+    per_socket = fields.get("Core(s) per socket")
+    sockets = fields.get("Socket(s)")
+    physical = int(per_socket) * int(sockets) if per_socket and sockets else None
+    source = "lscpu" if fields else "/proc/cpuinfo"
+    return {"cpu": cpu, "cores": logical, "physical_cores": physical, "source": source}
+
+
+def _read_json(path, what):
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} does not exist.")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _read_rgb(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _compare_on_image(original, stored, image):
+    """Class-id checksum of `stored` on `image`, and how far its logits are from `original`'s."""
+    batch = image[None].astype("float32")
+    reference = np.asarray(original.predict(batch, verbose=0), np.float32)[0]
+    logits = np.asarray(stored.predict(batch, verbose=0), np.float32)[0]
+    ids, reference_ids = logits.argmax(-1), reference.argmax(-1)
+    counts = np.bincount(ids.ravel(), minlength=logits.shape[-1])
+    return {
+        "class_ids_sha256": class_ids_sha256(ids),
+        "height": int(ids.shape[0]),
+        "width": int(ids.shape[1]),
+        "class_pixel_counts": [int(c) for c in counts],
+        "class_ids": ids,
+    }, {
+        "max_abs_logits_diff": float(np.max(np.abs(logits - reference))),
+        "logits_range": [float(reference.min()), float(reference.max())],
+        "class_id_agreement": float(np.mean(ids == reference_ids)),
+    }
+
+
+def save_preset(
+    checkpoint,
+    workdir,
+    name,
+    *,
+    data_root,
+    checksum_image,
+    output_root=None,
+    description=None,
+    config_file=None,
+    dataset_license=None,
+    train_minutes=None,
+    train_steps=None,
+    storage_dtype="float16",
+    overwrite=False,
+):
+    """Packages a trained checkpoint as preset `name` (`scripts/make_preset.py` is its CLI).
+
+    Writes the folder under a temporary name, loads it back with `from_preset` and only then
+    renames it; the checksum and the storage check are measured on `checksum_image`.
+
+    Args:
+        checkpoint: str, the trained `.keras` file (auxiliary outputs are dropped).
+        workdir: str, its training workdir (`config.json`, `metrics.json`).
+        name: str, `<model>_<backbone>_<dataset>`, lowercase letters, digits and '_'.
+        data_root: str, folder the recorded checksum image path is relative to.
+        checksum_image: str, an RGB image, relative to `data_root` or absolute.
+        output_root: folder of presets (default `presets_root()`).
+        description: str, one line (default: from the training config).
+        config_file: optional path of the config file; its text is recorded too.
+        dataset_license: str (default `DATASET_LICENSES[dataset]`).
+        train_minutes, train_steps: override metrics.json (needed for resumed runs).
+        storage_dtype: "float16" or "float32".
+        overwrite: bool, replace an existing preset (refused otherwise).
+
+    Returns:
+        (preset folder, metadata dict).
+    """
+    from PIL import Image
+
+    from keras_fusionseg import data
+    from keras_fusionseg.export.saved_model import load_keras_model
+
+    if not NAME_PATTERN.fullmatch(name or ""):
+        raise ValueError(
+            f"Preset name must be lowercase letters, digits and '_' (e.g. "
+            f"deeplabv3plus_mobilenetv2_camvid), received {name!r}."
+        )
+    root = presets_root(output_root)
+    target = os.path.join(root, name)
+    if os.path.exists(target) and not overwrite:
+        raise ValueError(
+            f"Preset folder {target} already exists; pass --overwrite (overwrite=True) to replace it."
+        )
+    config = _read_json(os.path.join(workdir, "config.json"), "Workdir config")
+    metrics = _read_json(os.path.join(workdir, "metrics.json"), "Workdir metrics")
+    if metrics.get("resumed_from") and train_minutes is None:
+        raise ValueError(
+            f"{workdir}/metrics.json comes from a resumed run, whose train_seconds cover only "
+            "the last session: pass --train_minutes (and --train_steps) for the whole run."
+        )
+    minutes, steps = train_minutes, train_steps
+    if minutes is None and metrics.get("train_seconds") is not None:
+        minutes = metrics["train_seconds"] / 60
+    steps = steps if steps is not None else metrics.get("train_steps")
+    if minutes is None or steps is None:
+        raise ValueError(
+            f"{workdir}/metrics.json has no train_seconds/train_steps: pass --train_minutes "
+            "and --train_steps."
+        )
+    dataset = config["data"]["name"]
+    license_text = dataset_license or DATASET_LICENSES.get(dataset)
+    if not license_text:
+        raise ValueError(f"No known licence for dataset {dataset!r}: pass --dataset_license.")
+    image_path = checksum_image
+    if not os.path.isabs(image_path):
+        image_path = os.path.join(data_root, image_path)
+    if not os.path.isfile(image_path):
+        raise ValueError(
+            f"Checksum image {image_path!r} does not exist (--checksum_image, --data_root)."
+        )
+    recorded_image = os.path.relpath(image_path, data_root)
+    if recorded_image.startswith(".."):
+        recorded_image = os.path.basename(image_path)
+
+    original = inference_model(load_keras_model(checkpoint))
+    shape = tuple(original.input_shape)
+    if shape[1:3] != (None, None) or shape[-1] != 3:
+        raise ValueError(
+            f"{checkpoint}: a preset takes RGB images of any size, but this model's input is "
+            f"{shape}; rebuild it with input_shape=(None, None, 3)."
+        )
+    data_config = config["data"]
+    info = data.get_dataset_info(
+        dataset,
+        num_classes=data_config.get("num_classes") or None,
+        class_names=tuple(data_config.get("class_names") or ()) or None,
+    )
+    if original.output_shape[-1] != info.num_classes:
+        raise ValueError(
+            f"{checkpoint} predicts {original.output_shape[-1]} classes but dataset "
+            f"{dataset!r} has {info.num_classes}."
+        )
+
+    os.makedirs(root, exist_ok=True)
+    staging = os.path.join(root, f".{name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        with open(os.path.join(staging, CONFIG_FILE), "w") as f:
+            json.dump(_keras_config(original), f)
+        weights_path = os.path.join(staging, WEIGHTS_FILE)
+        with open(weights_path, "wb") as f:
+            f.write(write_weights(weights_by_path(original, storage_dtype)))
+        model_config = config.get("model", {})
+        score = metrics.get("mean_iou")
+        score = f"{score:.4f}" if isinstance(score, int | float) else score
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "description": description
+            or (
+                f"{model_config.get('name')} on {model_config.get('backbone')} trained on "
+                f"{dataset} ({info.num_classes} classes), val mIoU {score}."
+            ),
+            "model": {
+                "architecture": model_config.get("name"),
+                "backbone": model_config.get("backbone") or "default",
+                "output_stride": model_config.get("output_stride"),
+                "num_params": int(original.count_params()),
+                "input": "RGB pixels in [0, 255], (batch, height, width, 3), any height and width",
+                "output": f"float32 logits (batch, height, width, {info.num_classes})",
+            },
+            "dataset": {
+                "name": dataset,
+                "license": license_text,
+                "num_classes": info.num_classes,
+                "class_names": list(info.class_names),
+                "palette": [[int(v) for v in c] for c in info.palette],
+                "ignore_label": int(info.ignore_label),
+            },
+            "training": {
+                "config": config,
+                "config_file": config_file and _last_parts(config_file),
+                "config_file_text": _read_text(config_file) if config_file else None,
+                "metrics": metrics,
+                "checkpoint": os.path.basename(checkpoint),
+                "metrics_checkpoint": os.path.basename(metrics.get("checkpoint") or ""),
+                "minutes": round(minutes, 2),
+                "steps": steps,
+                "machine": machine(),
+            },
+            "weights": {
+                "file": WEIGHTS_FILE,
+                "sha256": file_sha256(weights_path),
+                "storage_dtype": storage_dtype,
+                "size_bytes": os.path.getsize(weights_path),
+            },
+        }
+        stored = load_model_files(staging)
+        checksum, comparison = _compare_on_image(original, stored, _read_rgb(image_path))
+        ids = checksum.pop("class_ids")
+        Image.fromarray(ids.astype(np.uint8)).save(os.path.join(staging, CHECKSUM_FILE))
+        checksum["class_ids_file"] = CHECKSUM_FILE
+        metadata["checksum"] = {"image": recorded_image, **checksum}
+        metadata["weights"]["storage_check"] = {"image": recorded_image, **comparison}
+        _write_metadata(staging, metadata)
+        reloaded = from_preset(staging)  # the metadata checks, as users will load it
+        again = _compare_on_image(stored, reloaded, _read_rgb(image_path))[0]
+        if again["class_ids_sha256"] != checksum["class_ids_sha256"]:
+            raise RuntimeError(f"{staging}: reloading gives other class ids; not written.")
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, metadata
+
+
+def _keras_config(model):
+    return keras.saving.serialize_keras_object(model)
+
+
+def _write_metadata(folder, metadata):
+    with open(os.path.join(folder, METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=2, allow_nan=True)
+        f.write("\n")
+
+
+def _last_parts(path):
+    """ "configs/x.py" of ".../configs/x.py": where the file sits in the repository."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
