@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from export_helpers import tiny_segmenter
 
-from keras_fusionseg.export import TFLiteSegmenter, convert_to_tflite
+from keras_fusionseg.export import TFLiteSegmenter, convert_to_tflite, representative_images
 
 # Max abs logit difference from Keras allowed per conversion, as a fraction of the logits'
 # range on the test image (the tiny model's logits span only ~0.6, so absolute tolerances
@@ -104,3 +104,34 @@ def test_benchmark_helpers(model_and_images):
     assert 0 < p10 <= median
     worst = int8_error_by_layer(model, [i.astype("float32") for i in images[:2]], None, top=3)
     assert len(worst) == 3 and worst[0][2] >= worst[-1][2]
+
+
+def test_representative_images_are_the_split_padded_or_resized(tmp_path):
+    # Three 10x12 images of a folder dataset: a column ramp 10 * x plus 50 * (image index).
+    from PIL import Image
+
+    ramp = np.broadcast_to(10 * np.arange(12), (10, 12))
+    for index in range(3):
+        for kind in ("images", "labels"):
+            (tmp_path / kind / "train").mkdir(parents=True, exist_ok=True)
+        image = np.repeat((ramp + 50 * index)[..., None], 3, axis=-1).astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / "images" / "train" / f"{index}.png")
+        Image.fromarray(np.zeros((10, 12), np.uint8)).save(
+            tmp_path / "labels" / "train" / f"{index}.png"
+        )
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    source = str(tmp_path)
+
+    padded = representative_images(source, num_images=2, size_divisor=8)
+    assert len(padded) == 2
+    for index, image in enumerate(padded):
+        assert image.shape == (1, 16, 16, 3) and image.dtype == np.float32
+        np.testing.assert_array_equal(image[0, :10, :12, 0], ramp + 50 * index)
+        assert (image[0, 10:] == 128).all() and (image[0, :, 12:] == 128).all()  # 127.5 rounded
+    # Resized for a fixed-size model: halving a linear ramp samples it at 2j + 0.5.
+    resized = representative_images(source, num_images=3, input_size=(5, 6))
+    assert [image.shape for image in resized] == [(1, 5, 6, 3)] * 3
+    expected = 10 * (2 * np.arange(6) + 0.5) + 50 * 2
+    np.testing.assert_array_equal(resized[2][0, :, :, 1], np.broadcast_to(expected, (5, 6)))
+    with pytest.raises(ValueError, match="No calibration images in split 'train'"):
+        representative_images(source, num_images=0)
