@@ -46,8 +46,8 @@ def test_confusion_figure_has_names_row_shares_and_colour_bar(tmp_path):
     assert colour_bar.get_ylim() == (0.0, 1.0)
 
     write_reports(_results(_confusion()), tmp_path)
-    width, height = Image.open(tmp_path / "confusion_matrix.png").size
-    assert width >= 500 and height >= 450, (width, height)
+    picture = Image.open(tmp_path / "confusion_matrix.png")
+    assert picture.mode == "RGB" and picture.width >= 500 and picture.height >= 450, picture
 
 
 def test_confusion_png_without_matplotlib_is_the_heat_map(tmp_path, monkeypatch, caplog):

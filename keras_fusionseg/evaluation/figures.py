@@ -38,12 +38,15 @@ def _new_figure(width, height):
 
 
 def save_figure(figure, path):
-    """Writes a matplotlib figure to a PNG file (through a temporary name, then renamed)."""
+    """Writes a matplotlib figure as an RGB PNG (through a temporary name, then renamed)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    figure.set_facecolor("white")
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3]  # opaque: drop alpha
     temporary = os.path.join(folder, f".{os.path.basename(path)}.incomplete-{os.getpid()}.png")
     try:
-        figure.savefig(temporary, format="png", facecolor="white")
+        Image.fromarray(pixels).save(temporary, format="PNG")
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
