@@ -65,6 +65,13 @@ _STORAGE_DTYPE = flags.DEFINE_enum(
     "storage_dtype", "float16", ["float16", "float32"], "dtype of the stored weights."
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing preset of that name.")
+_EVALUATE = flags.DEFINE_bool(
+    "evaluate",
+    False,
+    "Also score the stored (float16) model on the training config's val split and record "
+    "the change of val mIoU against metrics.json (run from the directory training ran in, "
+    "so the config's data_dir resolves).",
+)
 
 
 def main(argv):
@@ -86,6 +93,7 @@ def main(argv):
         train_steps=_TRAIN_STEPS.value,
         storage_dtype=_STORAGE_DTYPE.value,
         overwrite=_OVERWRITE.value,
+        evaluate=_EVALUATE.value,
     )
     check = metadata["weights"]["storage_check"]
     print(
@@ -95,6 +103,10 @@ def main(argv):
         f"{100 * check['class_id_agreement']:.3f}% of pixels; checksum "
         f"{metadata['checksum']['class_ids_sha256'][:16]}..."
     )
+    if "val_mean_iou" in check:
+        change = check.get("val_mean_iou_change_points")
+        change = "" if change is None else f" ({change:+.3f} points against metrics.json)"
+        print(f"Stored model: val mIoU {check['val_mean_iou']:.4f}{change}.")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from PIL import Image
 
 from keras_fusionseg import models
 from keras_fusionseg.models import presets
+from keras_fusionseg.training import trainer
 from keras_fusionseg.training.config import default_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -142,6 +143,26 @@ def test_float32_storage_is_exact(trained, tmp_path):
     np.testing.assert_array_equal(stored, np.asarray(trained["model"](x, training=False)))
     metadata = models.load_preset_metadata("exact", root=tmp_path)
     assert metadata["weights"]["storage_check"]["max_abs_logits_diff"] == 0.0
+
+
+def test_evaluate_records_the_val_change(trained, tmp_path):
+    _, metadata = presets.save_preset(
+        trained["checkpoint"],
+        trained["workdir"],
+        "scored",
+        data_root=trained["data_root"],
+        checksum_image="shapes/val_0.png",
+        output_root=str(tmp_path),
+        evaluate=True,
+    )
+    check = metadata["weights"]["storage_check"]
+    assert check["val_images"] == 2  # the training config's eval.max_images
+    assert check["val_mean_iou_change_points"] == pytest.approx(
+        100 * (check["val_mean_iou"] - 0.25), abs=1e-3
+    )
+    model = models.from_preset("scored", root=tmp_path)
+    rescored = trainer.evaluate_config(presets.training_config(metadata), model, verbose=0)
+    assert rescored["mean_iou"] == pytest.approx(check["val_mean_iou"])
 
 
 def test_metadata_records_provenance(trained, preset_root):

@@ -474,6 +474,7 @@ def save_preset(
     train_steps=None,
     storage_dtype="float16",
     overwrite=False,
+    evaluate=False,
 ):
     """Packages a trained checkpoint as preset `name` (`scripts/make_preset.py` is its CLI).
 
@@ -493,6 +494,8 @@ def save_preset(
         train_minutes, train_steps: override metrics.json (needed for resumed runs).
         storage_dtype: "float16" or "float32".
         overwrite: bool, replace an existing preset (refused otherwise).
+        evaluate: bool, also score the stored model on the training config's validation
+            split (its eval mode) and record the val mIoU change against metrics.json.
 
     Returns:
         (preset folder, metadata dict).
@@ -625,6 +628,8 @@ def save_preset(
         checksum["class_ids_file"] = CHECKSUM_FILE
         metadata["checksum"] = {"image": recorded_image, **checksum}
         metadata["weights"]["storage_check"] = {"image": recorded_image, **comparison}
+        if evaluate:
+            metadata["weights"]["storage_check"].update(_val_change(stored, metadata))
         _write_metadata(staging, metadata)
         reloaded = from_preset(staging)  # the metadata checks, as users will load it
         again = _compare_on_image(stored, reloaded, _read_rgb(image_path))[0]
@@ -652,3 +657,17 @@ def _last_parts(path):
     """ "configs/x.py" of ".../configs/x.py": where the file sits in the repository."""
     path = os.path.abspath(path)
     return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+
+
+def _val_change(model, metadata):
+    """Val mIoU of the stored model, and its change in points against metrics.json when that
+    scored the same checkpoint."""
+    from keras_fusionseg.training import trainer
+
+    results = trainer.evaluate_config(training_config(metadata), model, verbose=0)
+    training = metadata["training"]
+    record = {"val_mean_iou": results["mean_iou"], "val_images": results["num_images"]}
+    before = training["metrics"].get("mean_iou")
+    if before is not None and training["metrics_checkpoint"] == training["checkpoint"]:
+        record["val_mean_iou_change_points"] = round(100 * (results["mean_iou"] - before), 4)
+    return record
