@@ -2,7 +2,7 @@
 
 A preset is a folder `keras_fusionseg/presets/<name>/` (package data, installed by
 `pip install`, read offline) named `<model>_<backbone>_<dataset>` like keras-hub's presets
-(`deeplabv3plus_mobilenetv2_camvid`). It holds three files:
+(`deeplabv3plus_mobilenetv2_camvid`). It holds four files:
 
 - `config.json`: the Keras model config (`keras.saving.serialize_keras_object`) of the
   inference model, raw RGB pixels in [0, 255] of any height and width -> float32 logits
