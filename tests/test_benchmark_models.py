@@ -25,6 +25,7 @@ def run(module, argv):
     module.main([])
 
 
+@pytest.mark.slow  # runs the script (build, MAC count, timing)
 def test_json_table_at_tiny_size(tmp_path, capsys, load_script):
     script = load_script("benchmark_models")
     out_file = tmp_path / "bench.json"
@@ -72,12 +73,18 @@ def test_json_table_at_tiny_size(tmp_path, capsys, load_script):
         assert len(row["times_s"]) == 3
         images_per_second = 1 / statistics.median(row["times_s"])
         assert row["images_per_second"] == pytest.approx(images_per_second, rel=1e-9)
+        p10 = sorted(row["times_s"])[0] + 0.2 * (
+            sorted(row["times_s"])[1] - sorted(row["times_s"])[0]
+        )
+        assert row["ms_per_image_p10"] == pytest.approx(p10 * 1e3, rel=1e-9)
         gflops = 2 * macs * images_per_second / 1e9
         assert row["gflops"] == pytest.approx(gflops, rel=1e-9)
         assert row["peak_share"] == pytest.approx(gflops / want_peak, rel=1e-9)
         assert f"| {row['gflops']:.1f} | {100 * row['peak_share']:.1f} |" in printed
+    assert "| ms p10 |" in printed
 
 
+@pytest.mark.slow
 def test_no_peak_and_no_macs(tmp_path, load_script):
     script = load_script("benchmark_models")
     out_file = tmp_path / "bench.json"

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from keras_fusionseg.export.saved_model import (
     SegmentationPipeline,
+    fold_batch_norm_if_functional,
     is_saved_model_dir,
     load_keras_model,
 )
@@ -18,7 +19,9 @@ class KerasSegmenter:
 
     kind = "keras"
 
-    def __init__(self, model, **pipeline_options):
+    def __init__(self, model, *, fold_batch_norm=True, **pipeline_options):
+        if fold_batch_norm:  # same logits, fewer ops (export.optimize)
+            model = fold_batch_norm_if_functional(model)
         self.pipeline = SegmentationPipeline(model, **pipeline_options)
         self.channels = self.pipeline.channels
         self._logits = tf.function(self.pipeline.logits, reduce_retracing=True)

@@ -203,6 +203,13 @@ def _decode(encoded, channels):
     return image
 
 
+def fold_batch_norm_if_functional(model):
+    """`model` with batch norms folded into their convs, or `model` itself if not functional."""
+    from keras_fusionseg.export.optimize import fold_batch_norm
+
+    return fold_batch_norm(model) if hasattr(model, "_nodes_by_depth") else model
+
+
 def export_saved_model(
     model,
     export_dir,
@@ -214,6 +221,7 @@ def export_saved_model(
     pad_mode="constant",
     include_probabilities=False,
     signatures=("serving_default", "serve_bytes", "serve_examples"),
+    fold_batch_norm=True,
 ):
     """Writes a SavedModel with raw-image signatures around `model`.
 
@@ -224,6 +232,9 @@ def export_saved_model(
             `SegmentationPipeline` (default: the whole image as it is, as `evaluate.py`).
         include_probabilities: bool, also output softmax `probabilities`.
         signatures: which of `serving_default`, `serve_bytes`, `serve_examples` to write.
+        fold_batch_norm: bool, export the model with batch norms folded into their convs
+            (`export.optimize.fold_batch_norm`: same logits to float rounding, fewer ops);
+            functional models only, others are exported as they are.
 
     Returns:
         The `SegmentationPipeline` used (its `config()` says how sizes were handled).
@@ -235,6 +246,8 @@ def export_saved_model(
             f"`signatures` must include 'serving_default' and be among {list(known)}, "
             f"received {list(signatures)!r}."
         )
+    if fold_batch_norm:
+        model = fold_batch_norm_if_functional(model)
     pipeline = SegmentationPipeline(
         model,
         size_policy=size_policy,
