@@ -39,7 +39,7 @@ def export_onnx(model, path, *, class_ids=False, opset=DEFAULT_OPSET):
         model: a `keras.Model` from raw pixels to logits (or a dict with "logits").
         path: str, the `.onnx` file to write (its folder is created).
         class_ids: bool, add a `class_ids` int32 output (the per-pixel argmax).
-        opset: int, ONNX opset of the graph (17 runs in onnxruntime 1.14 and later).
+        opset: int >= 13, ONNX opset of the graph (tested: 17).
 
     Returns:
         The `onnx.ModelProto` written.
@@ -47,6 +47,9 @@ def export_onnx(model, path, *, class_ids=False, opset=DEFAULT_OPSET):
     Example:
 
     ```python
+    from keras_fusionseg import models
+    from keras_fusionseg.export import export_onnx
+
     model = models.build("deeplabv3plus", num_classes=3, backbone="mobilenetv2",
                          backbone_options={"alpha": 0.35})
     export_onnx(model, "model.onnx")
