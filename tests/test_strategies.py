@@ -13,7 +13,9 @@ TIMEOUT = 600  # generous: the machine may be shared; ~1 min when idle
 
 
 def test_make_strategy_names():
-    assert isinstance(strategies.make_strategy("auto"), tf.distribute.OneDeviceStrategy)
+    # One device: TensorFlow's default strategy (a OneDeviceStrategy wraps every step).
+    assert strategies.make_strategy("auto") is tf.distribute.get_strategy()
+    assert isinstance(strategies.make_strategy("one_device"), tf.distribute.OneDeviceStrategy)
     with pytest.raises(ValueError, match="`strategy` must be one of .* received 'gpu_cluster'"):
         strategies.make_strategy("gpu_cluster")
 
@@ -25,7 +27,9 @@ def test_multi_replica_fix_refuses_an_untested_keras(monkeypatch):
 
     mirrored = types.SimpleNamespace(num_replicas_in_sync=2)  # what the fix reads
     monkeypatch.setattr(keras, "__version__", "3.99.0")
-    with pytest.raises(RuntimeError, match=r"tested with Keras 3\.15\.x only, this is Keras 3\.99\.0"):
+    with pytest.raises(
+        RuntimeError, match=r"tested with Keras 3\.15\.x only, this is Keras 3\.99\.0"
+    ):
         with strategies.distributed_fit_fix(mirrored):
             pass
     monkeypatch.setattr(keras, "__version__", "3.15.9")
