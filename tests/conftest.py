@@ -78,6 +78,7 @@ ONEDNN_LANE = {
     "test_tflite",
     "test_training",
     "test_training_batch_norm",
+    "test_training_configs",
     "test_training_runs",
 }
 
@@ -86,3 +87,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.stem in ONEDNN_LANE:
             item.add_marker(pytest.mark.onednn)
+
+
+# `slow`: a test that takes more than SLOW_SECONDS on the 2-core CI machine. That is a test that
+# builds a full-size architecture (parameter and multiply-add counts against the papers), runs
+# `train()`, or starts a process (scripts, servers, multi-worker training); every other test uses
+# tiny variants. `pytest -m "not slow"` is the quick local run; CI runs both (.ci/run). The
+# terminal summary names unmarked tests that took longer, so a new slow test gets noticed.
+SLOW_SECONDS = 10.0
+_unmarked_slow = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.duration > SLOW_SECONDS and "slow" not in report.keywords:
+        _unmarked_slow.append((report.duration, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unmarked_slow:
+        terminalreporter.section(f"tests over {SLOW_SECONDS:.0f} s not marked slow")
+        for duration, nodeid in sorted(_unmarked_slow, reverse=True):
+            terminalreporter.write_line(f"{duration:7.1f}s  {nodeid}")

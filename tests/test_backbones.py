@@ -95,6 +95,7 @@ def test_resnet_exfuse_rearrangement_builds():
     assert model.get_layer("conv5_block8_3_conv").filters == 64
 
 
+@pytest.mark.slow
 def test_resnet_parameter_counts_match_references():
     # Keras Applications ResNet50(include_top=False): 23,587,712 parameters.
     assert build_backbone("resnet50").count_params() == 23_587_712

@@ -58,6 +58,7 @@ def check_identical_features(reference, endpoints, ours, preprocess, tmp_path, r
             np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-4 * scale)
 
 
+@pytest.mark.slow
 def test_resnet50_loads_keras_applications_weights(tmp_path, rng):
     reference = keras.applications.ResNet50(
         weights=None, include_top=False, input_shape=(None, None, 3)

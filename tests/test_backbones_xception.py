@@ -82,6 +82,7 @@ def test_xception_relu_placement_of_the_paper_text(rng):
         build_backbone("xception65", relu_placement="after", **NARROW)
 
 
+@pytest.mark.slow
 def test_xception65_full_width_counts(rng):
     # DeepLabv3+ on Xception-65 totals 41,258,213 parameters; its separable ASPP + decoder
     # (21 classes) holds 3,205,701 of them, leaving 38,052,512 for the backbone.

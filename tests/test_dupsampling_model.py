@@ -134,6 +134,7 @@ def test_dunet_light_decoder_reduces_each_input_before_the_fusion():
         models.build("dunet", num_classes=NUM_CLASSES, **tiny(low_level_channels=0))
 
 
+@pytest.mark.slow
 def test_dunet_full_size_decoder_macs_are_the_light_layout():
     """ResNet-50 deep stem, OS16, conv1_3 + b3u6c3: the decoder MACs per stride-16 position
     are exactly the 1x1 reductions, one 3x3 fuse, the code conv and DUpsampling's W."""

@@ -10,6 +10,7 @@ from keras_fusionseg import models
 FASTFCN_FAMILY = ["encnet", "fastfcn_encnet", "dilated_aspp", "fastfcn_aspp", "fastfcn_psp"]
 
 
+@pytest.mark.slow
 def test_jpu_replaces_dilation_at_exactly_the_reference_jpu_cost():
     """Same ResNet-50 weights at OS8 or OS32: FastFCN adds exactly the JPU's parameters,
     and its EncNet head reduces 2048 -> 512 with a 1x1 conv where EncNet uses a 3x3."""

@@ -7,12 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from export_helpers import tiny_segmenter
 from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_predict_script_skips_reports_and_fails_at_the_end(tmp_path):
     tiny_segmenter(num_classes=3).save(tmp_path / "model.keras")
     images = tmp_path / "images"
@@ -51,6 +53,7 @@ def test_predict_script_skips_reports_and_fails_at_the_end(tmp_path):
     assert sorted(os.listdir(tmp_path / "out2")) == ["a_label.png", "a_overlay.png"]
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_checkpoint_with_other_class_count(tmp_path):
     tiny_segmenter(num_classes=3).save(tmp_path / "model.keras")  # synthetic_shapes has 6
     run = subprocess.run(

@@ -31,6 +31,7 @@ def resnet_bottleneck_parameters(depths=(3, 4, 23, 3), widths=(64, 128, 256, 512
     return count, channels
 
 
+@pytest.mark.slow
 def test_pspnet_resnet101_matches_gff_table3_baseline():
     backbone, channels = resnet_bottleneck_parameters()
     assert backbone == 44_549_160 - (2048 * 1000 + 1000)

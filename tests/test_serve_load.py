@@ -25,6 +25,8 @@ from PIL import Image
 
 from keras_fusionseg.export import export_saved_model
 
+pytestmark = pytest.mark.slow  # a server subprocess, loads of requests, 2 s timeouts
+
 MODEL = "shapes"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BODY_LIMIT = 2 << 20

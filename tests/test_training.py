@@ -166,6 +166,7 @@ def test_stop_on_nan_names_the_step():
         callback.on_train_batch_end(4, {"loss": float("nan")})
 
 
+@pytest.mark.slow
 def test_train_end_to_end_writes_outputs(tmp_path):
     config = load_config("smoke")
     config.model.backbone = "tiny_test_backbone"

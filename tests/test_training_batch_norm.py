@@ -52,6 +52,7 @@ def test_callback_recalibrates_before_validation(rng):
     )
 
 
+@pytest.mark.slow
 def test_training_checkpoints_load_after_importing_the_package(tmp_path):
     # The side effect under test is an import's: this process has imported everything
     # already, so the checkpoint is loaded in a fresh interpreter that imports only the

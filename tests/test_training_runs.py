@@ -76,6 +76,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(policy, dtype_policy, rng):
     assert np.isfinite(history).all() and last < 0.5 * first, history
 
 
+@pytest.mark.slow
 def test_train_weighs_aux_and_se_losses(tmp_path):
     # EncNet: logits + aux FCN head (0.2) + SE presence loss (0.2) through train().
     config = smoke_config()
@@ -109,6 +110,7 @@ def first_batch_norm(model):
     raise AssertionError("no BatchNormalization layer")
 
 
+@pytest.mark.slow
 def test_train_with_precise_bn_adamw_class_weights_and_ohem(tmp_path):
     # BN momentum ~1 keeps training from moving the statistics (initial mean 0, variance 1);
     # no validation runs during fit, so only the final re-estimation can change them.
