@@ -226,3 +226,25 @@ def test_export_and_keras_predictor_fold_by_default(tmp_path, rng):
         sizes[fold] = len(tf.saved_model.load(str(path)).model_variables)
     # Folded: 2 of each BN's 4 variables gone and one bias per conv added.
     assert sizes[True] < sizes[False]
+
+
+def test_nested_functional_models_fold(rng):
+    # The keras-hub peer of benchmark_models.py: a functional model calling a functional subclass
+    # (own constructor) that calls a backbone with dict outputs.
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    backbone = keras.Model(inputs, {"P2": x}, name="backbone")
+
+    class Segmenter(keras.Model):
+        def __init__(self, backbone, **kwargs):
+            image = keras.Input((None, None, 3))
+            y = keras.layers.Conv2D(2, 1, use_bias=False)(backbone(image)["P2"])
+            super().__init__(image, keras.layers.BatchNormalization()(y), **kwargs)
+
+    image = keras.Input((16, 16, 3))
+    model = keras.Model(image, Segmenter(backbone)(image))
+    randomise_batch_norms(model, rng)
+    folded = fold_batch_norm(model)
+    assert count_batch_norms(model) == 2 and count_batch_norms(folded) == 0
+    assert_same_outputs(model, folded, rng.normal(size=(1, 16, 16, 3)).astype("float32"), tol=1e-5)
