@@ -206,23 +206,24 @@ def test_refuses_a_subclassed_model():
 
 
 @pytest.mark.slow  # two SavedModel exports
-def test_export_and_keras_predictor_fold_by_default(tmp_path, rng):
+def test_export_and_keras_predictor_fold_on_request(tmp_path, rng):
     from keras_fusionseg.export.predictor import KerasSegmenter
 
     name = "deeplabv3plus"
     model = models.build(name, num_classes=3, **models.get_model_spec(name).tiny)
     randomise_batch_norms(model, rng)
     image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    segmenter = KerasSegmenter(model)
+    segmenter = KerasSegmenter(model, fold_batch_norm=True)
     assert count_batch_norms(segmenter.pipeline.model) == 0
-    assert count_batch_norms(KerasSegmenter(model, fold_batch_norm=False).pipeline.model) == 60
+    assert count_batch_norms(KerasSegmenter(model).pipeline.model) == 60  # default: as built
     np.testing.assert_array_equal(
-        segmenter.class_ids(image), KerasSegmenter(model, fold_batch_norm=False).class_ids(image)
+        segmenter.class_ids(image), KerasSegmenter(model).class_ids(image)
     )
     sizes = {}
     for fold in (True, False):
         path = tmp_path / f"sm_{fold}"
-        export_saved_model(model, path, signatures=("serving_default",), fold_batch_norm=fold)
+        options = {"fold_batch_norm": True} if fold else {}
+        export_saved_model(model, path, signatures=("serving_default",), **options)
         sizes[fold] = len(tf.saved_model.load(str(path)).model_variables)
     # Folded: 2 of each BN's 4 variables gone and one bias per conv added.
     assert sizes[True] < sizes[False]

@@ -19,8 +19,8 @@ class KerasSegmenter:
 
     kind = "keras"
 
-    def __init__(self, model, *, fold_batch_norm=True, **pipeline_options):
-        if fold_batch_norm:  # same logits, fewer ops (export.optimize)
+    def __init__(self, model, *, fold_batch_norm=False, **pipeline_options):
+        if fold_batch_norm:  # same logits, fewer ops (export.optimize); not yet measured faster
             model = fold_batch_norm_if_functional(model)
         self.pipeline = SegmentationPipeline(model, **pipeline_options)
         self.channels = self.pipeline.channels
