@@ -201,7 +201,8 @@ def test_evaluate_modes_and_reports(tmp_path):
     rows = list(csv.reader(open(tmp_path / "confusion_matrix.csv")))
     assert rows[1] == ["class_0", "31", "0"] and rows[2] == ["class_1", "1", "31"]
     png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "confusion_matrix.png")))
-    assert png.shape == (32, 32, 3)
+    # matplotlib figure when installed (class names, colour bar), else the 96x96 heat map.
+    assert png.shape[-1] == 3 and min(png.shape[:2]) >= 32
     with pytest.raises(ValueError, match="record 0: image"):
         evaluator.evaluate(model, [(image, label[:4])], num_classes=2, verbose=0)
 

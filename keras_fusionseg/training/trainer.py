@@ -221,6 +221,7 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
                     save_best_only=True,
                 ),
                 callbacks_lib.TensorBoardLogger(logdir),
+                callbacks_lib.TrainingCurves(workdir),
             ]
             if config.train.num_overlay_images:
                 overlay = _overlay_examples(config, info, config.train.num_overlay_images)
