@@ -1,0 +1,114 @@
+"""Each shipped config family trains: `train()` on one fixed batch lowers the loss, writes its outputs.
+
+The families and what sets them apart: FastFCN-EncNet (aux head + SE presence loss), the CamVid
+DeepLabv3+ config (precise BN, warm-up, class weights), and the quick-start config with AdamW
+or with bfloat16 mixed precision. Each run keeps the family's training settings and shrinks
+the rest: the model's tiny variant, four 48x48 synthetic images in one batch with no
+augmentation (every step sees the same batch), one step per epoch so that the history holds
+the loss of every step.
+"""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_fusionseg import models
+from keras_fusionseg.training import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 16
+
+
+def shipped_config(name):
+    if str(REPO) not in sys.path:  # configs import each other as `configs.<name>`
+        sys.path.insert(0, str(REPO))
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def shrunk(config):
+    """`config` with its training settings kept, on the tiny model and one fixed batch."""
+    tiny = dict(models.get_model_spec(config.model.name).tiny)
+    config.model.backbone = tiny.pop("backbone")
+    config.model.backbone_options = tiny.pop("backbone_options")
+    config.model.options = tiny
+    config.data.name, config.data.data_dir = "synthetic_shapes", ""
+    config.data.options = {"num_images": 4, "image_size": (48, 48)}
+    config.data.crop_size = (48, 48)
+    config.data.batch_size = 4
+    config.data.scale_range = ()
+    config.data.flip = config.data.color_jitter = False
+    config.data.shuffle_buffer = 4
+    if config.train.class_weights:  # CamVid's 11 weights -> six synthetic_shapes classes
+        config.train.class_weights = (0.5, 1.0, 1.5, 1.0, 2.0, 1.0)
+    config.train.epochs, config.train.steps_per_epoch = STEPS, 1
+    config.train.warmup_steps = min(config.train.warmup_steps, 2)
+    config.train.validation_every_epochs = STEPS
+    config.train.backup_every_steps = STEPS
+    config.train.num_overlay_images = 1
+    config.train.verbose = 0
+    config.eval.mode = "whole"
+    return config
+
+
+def aux_and_se():
+    return shrunk(shipped_config("fastfcn_encnet_resnet50_camvid"))
+
+
+def precise_bn():
+    config = shrunk(shipped_config("deeplabv3plus_mobilenetv2_camvid"))
+    assert config.train.bn_recalibration_batches > 0 and config.train.class_weights
+    config.train.bn_recalibration_batches = 2
+    return config
+
+
+def adamw():
+    config = shrunk(shipped_config("quickstart"))
+    config.train.optimizer, config.train.learning_rate = "adamw", 3e-3
+    config.train.weight_decay = 1e-2
+    return config
+
+
+def bfloat16():
+    config = shrunk(shipped_config("quickstart"))
+    config.mixed_precision = "mixed_bfloat16"
+    return config
+
+
+FAMILIES = {"aux_se": aux_and_se, "precise_bn": precise_bn, "adamw": adamw, "bf16": bfloat16}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_config_family_lowers_the_loss_and_writes_outputs(family, tmp_path):
+    config = FAMILIES[family]()
+    workdir = tmp_path / "run"
+    results = trainer.train(config, str(workdir), strategy="one_device")
+    losses = results["history"]["loss"]
+    assert results["train_steps"] == STEPS and len(losses) == STEPS
+    assert np.isfinite(losses).all() and min(losses[-3:]) < 0.8 * losses[0], losses
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert 0 <= metrics["mean_iou"] <= 1 and metrics["num_images"] > 0
+    for name in ("checkpoints/final.keras", "checkpoints/best.keras", "config.json"):
+        assert (workdir / name).exists(), name
+    assert any((workdir / "logs").rglob("*.png"))  # the validation overlay
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["train"]["optimizer"] == config.train.optimizer
+    model = keras.models.load_model(workdir / "checkpoints" / "final.keras")
+    if family == "aux_se":
+        history = results["history"]
+        assert history["aux_loss"][-1] > 0 and history["se_loss"][-1] > 0
+    if family == "adamw":
+        assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    if family == "bf16":
+        layers = model._flatten_layers(include_self=False, recursive=True)
+        conv = next(layer for layer in layers if isinstance(layer, keras.layers.Conv2D))
+        assert conv.dtype_policy.name == "mixed_bfloat16"
+        assert model.output.dtype == "float32"
