@@ -2,12 +2,13 @@
 
     python scripts/export.py --model=runs/quickstart --output=exported/quickstart
     python scripts/export.py --model=model.keras --output=exported/m --size_policy=resize \
-        --input_size=512,512 --probabilities --tflite=fp32,fp16,dynamic_int8,full_int8
+        --input_size=512,512 --probabilities --tflite=fp32,fp16,dynamic_int8,full_int8 --onnx
     python scripts/export.py --preset=deeplabv3plus_mobilenetv2_camvid --output=exported/camvid
 
 `--model` is a `.keras` file or a training workdir (its `checkpoints/best.keras`); `--preset`
 a preset shipped with the package (its training config names the calibration data). The
-SavedModel goes to `--output/saved_model`, TFLite files to `--output/model_<quantization>.tflite`.
+SavedModel goes to `--output/saved_model`, TFLite files to `--output/model_<quantization>.tflite`,
+ONNX (`--onnx`, needs the `onnx` extra) to `--output/model.onnx` (logits and class ids).
 Full int8 is calibrated on `--calibration_images` images of the training data (the workdir's
 dataset unless `--calibration_source` is given).
 """
@@ -52,6 +53,9 @@ _CALIBRATION_SOURCE = flags.DEFINE_string(
 _CALIBRATION_SPLIT = flags.DEFINE_string("calibration_split", "train", "Calibration split.")
 _CALIBRATION_DATA_DIR = flags.DEFINE_string("calibration_data_dir", None, "Its data_dir.")
 _CALIBRATION_IMAGES = flags.DEFINE_integer("calibration_images", 100, "Calibration images.")
+_ONNX = flags.DEFINE_bool(
+    "onnx", False, "Also write model.onnx (logits + class_ids; needs the onnx extra)."
+)
 
 
 def _size(values, flag):
@@ -137,6 +141,10 @@ def main(argv):
         with open(path, "wb") as f:
             f.write(flatbuffer)
         print(f"TFLite {quantization}: {path} ({len(flatbuffer) / 1e6:.2f} MB)")
+    if _ONNX.value:
+        onnx_path = os.path.join(_OUTPUT.value, "model.onnx")
+        export.export_onnx(model, onnx_path, class_ids=True)
+        print(f"ONNX: {onnx_path} ({os.path.getsize(onnx_path) / 1e6:.2f} MB)")
 
 
 if __name__ == "__main__":

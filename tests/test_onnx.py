@@ -6,6 +6,7 @@ the `onnx` extra.
 """
 
 import importlib.util
+import os
 import sys
 
 import numpy as np
@@ -100,3 +101,23 @@ def test_onnx_without_the_extra_names_it(tmp_path, monkeypatch):
     model = models.build("gcn", num_classes=2, **models.get_model_spec("gcn").tiny)
     with pytest.raises(ImportError, match=r"pip install 'keras_fusionseg\[onnx\]'"):
         export_onnx(model, tmp_path / "x.onnx")
+
+
+def test_export_script_writes_onnx_with_class_ids(tmp_path, rng, load_script):
+    """`scripts/export.py --onnx` writes model.onnx whose class ids are the Keras argmax."""
+    import keras
+    import onnxruntime as ort
+    from absl import flags
+
+    checkpoint = os.path.join(os.path.dirname(__file__), "data", "quickstart.keras")
+    script = load_script("export")
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["x", f"--model={checkpoint}", f"--output={tmp_path}", "--onnx"])
+    script.main([])
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["logits", "class_ids"]
+    images = rng.integers(0, 256, (1, 45, 77, 3)).astype(np.float32)
+    logits, class_ids = session.run(None, {"images": images})
+    keras_logits = _logits(keras.saving.load_model(checkpoint)(images))
+    np.testing.assert_allclose(logits, keras_logits, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(class_ids, np.argmax(keras_logits, axis=-1))
