@@ -139,6 +139,15 @@ def test_config_validation_names_the_problem(tmp_path):
     bad.data.name = "nosuchdata"
     with pytest.raises(ValueError, match="model.name 'deeplabv4'.*\n.*data.name 'nosuchdata'"):
         config_lib.validate_config(bad)
+    bad = load_config("smoke")  # synthetic_shapes: 6 classes
+    bad.train.class_weights = (1.0,) * 11
+    with pytest.raises(ValueError, match="class_weights has 11 weights but data .* has 6 classes"):
+        config_lib.validate_config(bad)
+    bad.train.class_weights = (1.0, 1.0, -1.0, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="class_weights must be numbers >= 0"):
+        config_lib.validate_config(bad)
+    bad.train.class_weights = (0.5, 1.0, 1.5, 1.0, 2.0, 1.0)
+    config_lib.validate_config(bad)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match="workdir .* is not writable"):

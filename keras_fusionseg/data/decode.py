@@ -115,7 +115,14 @@ def decode_label(encoded, name):
 
 
 def check_and_map_label(
-    image, label, name, *, num_classes=None, label_map=None, ignore_label=IGNORE_LABEL
+    image,
+    label,
+    name,
+    *,
+    num_classes=None,
+    label_map=None,
+    ignore_label=IGNORE_LABEL,
+    label_name=None,
 ):
     """Remaps stored label values to train ids, then checks size and value range.
 
@@ -126,6 +133,7 @@ def check_and_map_label(
         num_classes: int or None (no range check).
         label_map: optional 256-entry uint8 table, stored value -> train id.
         ignore_label: int, the one value allowed at or above `num_classes`.
+        label_name: scalar string tensor naming the label file in value errors (default `name`).
 
     Returns:
         label uint8 [H, W, 1] of train ids.
@@ -149,7 +157,7 @@ def check_and_map_label(
         checks.append(
             _assert(
                 tf.reduce_all(valid),
-                name,
+                name if label_name is None else label_name,
                 f"Label value out of range (values must be < {num_classes} "
                 f"or the ignore label {ignore_label})",
                 "largest bad value:",
@@ -184,5 +192,6 @@ def decode_example(
         num_classes=num_classes,
         label_map=label_map,
         ignore_label=ignore_label,
+        label_name=label_name,
     )
     return {"image": image, "label": label, "filename": name}

@@ -183,6 +183,32 @@ def _data_source_problems(config_data):
     return problems
 
 
+def _class_weight_problems(config):
+    """`train.class_weights` must hold one non-negative weight per class of the dataset."""
+    from keras_fusionseg import data
+
+    weights = tuple(config.train.class_weights)
+    if not weights:
+        return []
+    try:
+        num_classes = data.get_dataset_info(
+            config.data.name,
+            num_classes=config.data.num_classes or None,
+            class_names=tuple(config.data.class_names) or None,
+        ).num_classes
+    except ValueError:
+        return []  # the data problem itself is reported by `_data_source_problems`
+    problems = []
+    if len(weights) != num_classes:
+        problems.append(
+            f"train.class_weights has {len(weights)} weights but data {config.data.name!r} has "
+            f"{num_classes} classes (one weight per class, in class-id order)"
+        )
+    if any(not isinstance(w, int | float) or isinstance(w, bool) or w < 0 for w in weights):
+        problems.append(f"train.class_weights must be numbers >= 0, received {weights!r}")
+    return problems
+
+
 def accepted_options(builder, reserved=()):
     """Keyword names `builder` accepts (following `forwards_options_to` past a `**options`),
     without the `reserved` ones `build` passes itself; None when they cannot be known."""
@@ -273,7 +299,10 @@ def validate_config(config, workdir=None, source="config"):
         problems.append(
             f"model.output_stride must be 8, 16 or 32, received {config.model.output_stride!r}"
         )
-    problems += _data_source_problems(config.data)
+    data_problems = _data_source_problems(config.data)
+    problems += data_problems
+    if not data_problems:
+        problems += _class_weight_problems(config)
     if len(tuple(config.data.crop_size)) != 2 or min(config.data.crop_size) < 16:
         problems.append(
             f"data.crop_size must be (height, width) >= 16, received {config.data.crop_size!r}"
