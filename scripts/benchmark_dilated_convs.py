@@ -56,7 +56,10 @@ def _ops(name):
     def native(x, k, rate, depthwise):
         if depthwise:
             return tf.raw_ops.DepthwiseConv2dNative(
-                input=x, filter=k, strides=[1, 1, 1, 1], padding="SAME",
+                input=x,
+                filter=k,
+                strides=[1, 1, 1, 1],
+                padding="SAME",
                 dilations=[1, rate, rate, 1],
             )
         return tf.nn.conv2d(x, k, 1, "SAME", dilations=rate)
@@ -186,8 +189,8 @@ class _implementation:
         elif self.impl == "space_to_batch":
             op = _ops("space_to_batch")
             self.atrous.dilated_conv2d = lambda x, k, rate, padding="same": op(x, k, rate, False)
-            self.atrous.dilated_depthwise_conv2d = (
-                lambda x, k, rate, padding="same": op(x, k, rate, True)
+            self.atrous.dilated_depthwise_conv2d = lambda x, k, rate, padding="same": op(
+                x, k, rate, True
             )
 
     def __exit__(self, *exc):
@@ -217,8 +220,13 @@ def main(argv):
     results = {}
     for setting in FLAGS.onednn.split(","):
         env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting}
-        command = [sys.executable, __file__, "--child", f"--rounds={FLAGS.rounds}",
-                   f"--models={FLAGS.models}"]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            f"--rounds={FLAGS.rounds}",
+            f"--models={FLAGS.models}",
+        ]
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
         line = next(line for line in out.splitlines() if line.startswith("JSON"))
         results[setting] = json.loads(line[4:])

@@ -50,7 +50,9 @@ def _export_forms(model, output, calibration_images):
     for form in _FORMS.value:
         if form in policies:
             path = os.path.join(output, f"saved_model_{form}")
-            export.export_saved_model(model, path, signatures=("serving_default",), **policies[form])
+            export.export_saved_model(
+                model, path, signatures=("serving_default",), **policies[form]
+            )
             segmenters[f"SavedModel ({form})"] = export.load_segmenter(path)
         elif form.startswith("tflite_"):
             quantization = form[len("tflite_") :]

@@ -28,8 +28,15 @@ def numpy_dilated_conv(x, kernel, rate, padding, depthwise):
     kh, kw = kernel.shape[:2]
     span_h, span_w = rate * (kh - 1), rate * (kw - 1)
     if padding == "same":
-        x = np.pad(x, [(0, 0), (span_h // 2, span_h - span_h // 2),
-                       (span_w // 2, span_w - span_w // 2), (0, 0)])
+        x = np.pad(
+            x,
+            [
+                (0, 0),
+                (span_h // 2, span_h - span_h // 2),
+                (span_w // 2, span_w - span_w // 2),
+                (0, 0),
+            ],
+        )
     out_h, out_w = x.shape[1] - span_h, x.shape[2] - span_w
     if depthwise:
         channels, multiplier = kernel.shape[2:]
@@ -83,7 +90,9 @@ def test_matches_stock_keras_and_numpy(depthwise, multiplier, kernel_size, rate,
     upstream = rng.normal(size=y_stock.shape).astype("float32")
     mine = output_and_gradients(ours, x, upstream)
     reference = output_and_gradients(stock, x, upstream)
-    for name, a, b in zip(["output", "d_input", "d_kernel", "d_bias"], mine, reference, strict=True):
+    for name, a, b in zip(
+        ["output", "d_input", "d_kernel", "d_bias"], mine, reference, strict=True
+    ):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=name)
     kernel, bias = (w.numpy() for w in ours.weights)
     expected = numpy_dilated_conv(x.astype("float64"), kernel, rate, padding, depthwise) + bias
@@ -114,8 +123,10 @@ def test_partly_known_shapes_in_tf_function(depthwise):
 
 def _graph_ops(fn, spec):
     graph = tf.function(fn, input_signature=[spec]).get_concrete_function().graph
-    return {(op.type, tuple(op.get_attr("dilations")) if "dilations" in op.node_def.attr else ())
-            for op in graph.get_operations()}
+    return {
+        (op.type, tuple(op.get_attr("dilations")) if "dilations" in op.node_def.attr else ())
+        for op in graph.get_operations()
+    }
 
 
 def test_graph_uses_only_portable_kernels():
@@ -133,10 +144,15 @@ def test_graph_uses_only_portable_kernels():
 
     ops = _graph_ops(train_step, tf.TensorSpec([1, None, 17, 3]))
     types = {t for t, _ in ops}
-    assert not types & {"SpaceToBatchND", "BatchToSpaceND", "DepthwiseConv2dNative",
-                        "Conv2DBackpropInput", "Conv2DBackpropFilter",
-                        "DepthwiseConv2dNativeBackpropInput",
-                        "DepthwiseConv2dNativeBackpropFilter"}, types
+    assert not types & {
+        "SpaceToBatchND",
+        "BatchToSpaceND",
+        "DepthwiseConv2dNative",
+        "Conv2DBackpropInput",
+        "Conv2DBackpropFilter",
+        "DepthwiseConv2dNativeBackpropInput",
+        "DepthwiseConv2dNativeBackpropFilter",
+    }, types
     assert ("Conv2D", (1, 2, 2, 1)) in ops  # the dense forward stays one native dilated conv
 
     with native_dilated_convs():
@@ -156,9 +172,9 @@ def test_strided_valid_dilated_depthwise_is_the_subsampled_stride_1_conv():
 
 def test_invalid_dilation_settings_name_the_layer():
     with pytest.raises(ValueError, match="'dw'.*padding='valid'"):
-        AtrousDepthwiseConv2D(
-            3, strides=2, dilation_rate=2, padding="same", name="dw"
-        )(np.zeros((1, 8, 8, 2)))
+        AtrousDepthwiseConv2D(3, strides=2, dilation_rate=2, padding="same", name="dw")(
+            np.zeros((1, 8, 8, 2))
+        )
     with pytest.raises(ValueError, match="same along"):
         AtrousConv2D(2, 3, dilation_rate=(2, 3), name="c")(np.zeros((1, 8, 8, 2)))
 

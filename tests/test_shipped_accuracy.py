@@ -42,8 +42,7 @@ def test_saved_model_and_tflite_ship_the_evaluated_accuracy(trained, tmp_path):
     reported = evaluation.evaluate(model, examples, num_classes=6, verbose=0)["mean_iou"]
     predictor = Predictor(model)
     reference = [
-        np.asarray(predictor(image[None].astype(np.float32))[0]).argmax(-1)
-        for image, _ in examples
+        np.asarray(predictor(image[None].astype(np.float32))[0]).argmax(-1) for image, _ in examples
     ]
     assert reported > 0.5  # a trained model, or the comparison below means little
 
