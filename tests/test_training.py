@@ -1,17 +1,16 @@
 """Losses, schedule, optimizer, config validation and a tiny end-to-end `train`."""
 
-import importlib.util
 import json
 import math
 import os
 import pathlib
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import training_tiny_backbone  # noqa: F401  (registers "tiny_test_backbone")
+from config_files import load_config
 
 from keras_fusionseg import models
 from keras_fusionseg.training import callbacks as callbacks_lib
@@ -19,15 +18,6 @@ from keras_fusionseg.training import config as config_lib
 from keras_fusionseg.training import losses, optimizers, trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(name):
-    if str(REPO) not in sys.path:  # configs import each other as `configs.<name>`
-        sys.path.insert(0, str(REPO))
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def numpy_cross_entropy(logits, labels):

@@ -8,29 +8,19 @@ augmentation (every step sees the same batch), one step per epoch so that the hi
 the loss of every step.
 """
 
-import importlib.util
 import json
 import pathlib
-import sys
 
 import keras
 import numpy as np
 import pytest
+from config_files import load_config
 
 from keras_fusionseg import models
 from keras_fusionseg.training import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 16
-
-
-def shipped_config(name):
-    if str(REPO) not in sys.path:  # configs import each other as `configs.<name>`
-        sys.path.insert(0, str(REPO))
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def shrunk(config):
@@ -59,25 +49,25 @@ def shrunk(config):
 
 
 def aux_and_se():
-    return shrunk(shipped_config("fastfcn_encnet_resnet50_camvid"))
+    return shrunk(load_config("fastfcn_encnet_resnet50_camvid"))
 
 
 def precise_bn():
-    config = shrunk(shipped_config("deeplabv3plus_mobilenetv2_camvid"))
+    config = shrunk(load_config("deeplabv3plus_mobilenetv2_camvid"))
     assert config.train.bn_recalibration_batches > 0 and config.train.class_weights
     config.train.bn_recalibration_batches = 2
     return config
 
 
 def adamw():
-    config = shrunk(shipped_config("quickstart"))
+    config = shrunk(load_config("quickstart"))
     config.train.optimizer, config.train.learning_rate = "adamw", 3e-3
     config.train.weight_decay = 1e-2
     return config
 
 
 def bfloat16():
-    config = shrunk(shipped_config("quickstart"))
+    config = shrunk(load_config("quickstart"))
     config.mixed_precision = "mixed_bfloat16"
     return config
 
