@@ -88,7 +88,9 @@ def test_config_family_lowers_the_loss_and_writes_outputs(family, tmp_path):
     assert 0 <= metrics["mean_iou"] <= 1 and metrics["num_images"] > 0
     for name in ("checkpoints/final.keras", "checkpoints/best.keras", "config.json"):
         assert (workdir / name).exists(), name
-    assert any((workdir / "logs").rglob("*.png"))  # the validation overlay
+    # Validation overlays go to TensorBoard (event files); the curves sit beside metrics.json.
+    assert any((workdir / "logs" / "validation_overlays").glob("events.out.tfevents.*"))
+    assert (workdir / "training_curves.csv").read_text().count("\n") == STEPS + 1
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["train"]["optimizer"] == config.train.optimizer
     model = keras.models.load_model(workdir / "checkpoints" / "final.keras")
