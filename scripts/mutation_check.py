@@ -306,6 +306,181 @@ MUTANTS = (
         ("tests/test_evaluation.py",),
         "void pixels are counted in the confusion matrix",
     ),
+    # Issue 17, second round: one mutant per remaining item of its list, each naming the
+    # test added for that item.
+    Mutant(
+        "adamw_decays_bn_and_biases",
+        "keras_fusionseg/training/optimizers.py",
+        "var_list=[v for v in model.trainable_variables if not is_decayed(v, decay_depthwise)]\n"
+        "            + undecayed_depthwise",
+        "var_list=undecayed_depthwise",
+        ("tests/test_training_runs.py::test_weight_decay_reaches_kernels_only",),
+        "AdamW decays BN gamma/beta and biases too (only depthwise kernels excluded)",
+    ),
+    Mutant(
+        "adamw_request_builds_sgd",
+        "keras_fusionseg/training/optimizers.py",
+        '    if name == "sgd":\n',
+        '    if name in ("sgd", "adamw"):\n',
+        (
+            "tests/test_training_configs.py::test_config_family_lowers_the_loss_and_writes_outputs[adamw]",
+        ),
+        "train.optimizer='adamw' silently trains with SGD",
+    ),
+    Mutant(
+        "sgd_l2_ignores_exclusions",
+        "keras_fusionseg/training/optimizers.py",
+        "            and self._var_key(variable) not in self._l2_excluded\n",
+        "",
+        ("tests/test_training_runs.py::test_weight_decay_reaches_kernels_only",),
+        "SGD's L2 term reaches depthwise kernels (named 'kernel') despite the exclusion list",
+    ),
+    Mutant(
+        "poly_decay_not_held_after_decay_steps",
+        "keras_fusionseg/training/optimizers.py",
+        "progress = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)",
+        "progress = (step - self.warmup_steps) / span",
+        ("tests/test_training_runs.py::test_poly_decay_ends_at_end_learning_rate",),
+        "PolyDecay is not held at end_learning_rate after decay_steps (NaN past the end)",
+    ),
+    Mutant(
+        "sync_bn_flag_ignored",
+        "keras_fusionseg/training/trainer.py",
+        "layer.synchronized = bool(synchronized)",
+        "layer.synchronized = False",
+        ("tests/test_training_runs.py::test_configure_batch_norm_reaches_nested_layers",),
+        "train.sync_batch_norm never makes a BN layer synchronized",
+    ),
+    Mutant(
+        "bn_momentum_override_ignored",
+        "keras_fusionseg/training/trainer.py",
+        "                layer.momentum = float(momentum)\n",
+        "                pass\n",
+        ("tests/test_training_runs.py::test_configure_batch_norm_reaches_nested_layers",),
+        "train.bn_momentum leaves every BN layer's momentum unchanged",
+    ),
+    Mutant(
+        "mixed_precision_policy_ignored",
+        "keras_fusionseg/training/trainer.py",
+        'policy = config.mixed_precision or "float32"',
+        'policy = "float32"',
+        (
+            "tests/test_training_configs.py::test_config_family_lowers_the_loss_and_writes_outputs[bf16]",
+        ),
+        "mixed_precision='mixed_bfloat16' in the config trains in float32",
+    ),
+    Mutant(
+        "logits_follow_the_dtype_policy",
+        "keras_fusionseg/models/registry.py",
+        'main = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)',
+        'main = keras.layers.Activation("linear", name="logits")(logits)',
+        (
+            "tests/test_training_runs.py::"
+            "test_training_lowers_the_loss_on_a_fixed_batch[mixed_bfloat16]",
+        ),
+        "under mixed precision the logits come out in bfloat16 (loss and softmax in low precision)",
+    ),
+    Mutant(
+        "train_builds_without_aux_heads",
+        "keras_fusionseg/training/trainer.py",
+        "aux_outputs=config.model.aux_outputs,",
+        "aux_outputs=False,",
+        (
+            "tests/test_training_configs.py::test_config_family_lowers_the_loss_and_writes_outputs[aux_se]",
+        ),
+        "train() drops the aux head and SE loss that the config asks for",
+    ),
+    Mutant(
+        "best_checkpoint_monitors_a_missing_metric",
+        "keras_fusionseg/training/trainer.py",
+        'return "val_mean_iou" if list(loss_spec) == ["logits"] else "val_logits_mean_iou"',
+        'return "val_mean_iou"',
+        (
+            "tests/test_training_configs.py::"
+            "test_config_family_lowers_the_loss_and_writes_outputs[aux_se]",
+        ),
+        "models with aux outputs monitor val_mean_iou (absent): best.keras is never written",
+    ),
+    Mutant(
+        "register_dataset_overwrites",
+        "keras_fusionseg/data/registry.py",
+        "    if info.name in _DATASETS:\n"
+        '        raise ValueError(f"Dataset {info.name!r} is registered twice.")\n',
+        "",
+        (
+            "tests/test_data_sources.py::test_register_dataset_makes_a_user_dataset_loadable_by_name",
+        ),
+        "a second register_dataset under a taken name silently replaces the first",
+    ),
+    Mutant(
+        "shifted_label_map_unshifted",
+        "keras_fusionseg/data/registry.py",
+        "table[1 : num_stored + 1] = np.arange(num_stored, dtype=np.uint8)",
+        "table[0:num_stored] = np.arange(num_stored, dtype=np.uint8)",
+        ("tests/test_data_sources.py::test_registry_metadata",),
+        "ADE20K's label map trains 'other' (0) as class 0 and shifts every class by one",
+    ),
+    Mutant(
+        "representative_images_padded_top_left",
+        "keras_fusionseg/export/tflite.py",
+        "[(0, 0), (0, -height % size_divisor), (0, -width % size_divisor), (0, 0)],",
+        "[(0, 0), (-height % size_divisor, 0), (-width % size_divisor, 0), (0, 0)],",
+        ("tests/test_tflite.py::test_representative_images_are_the_split_padded_or_resized",),
+        "calibration images are padded at the top/left, unlike what inference sees",
+    ),
+    Mutant(
+        "int8_calibrated_on_unit_range",
+        "keras_fusionseg/export/tflite.py",
+        "                image = np.asarray(image, np.float32)\n",
+        "                image = np.asarray(image, np.float32) / 255.0\n",
+        (
+            "tests/test_tflite.py::test_conversion_matches_keras[full_int8-None]",
+            "tests/test_tflite.py::test_conversion_matches_keras[full_int8-input_size5]",
+        ),
+        "full-int8 calibration sees pixels in [0, 1] while inference feeds [0, 255]",
+    ),
+    Mutant(
+        "gff_gate_complement_dropped",
+        "keras_fusionseg/layers/gff.py",
+        "x_new = (1.0 + g_l) * x_l + (1.0 - g_l) * received",
+        "x_new = (1.0 + g_l) * x_l + g_l * received",
+        ("tests/test_gff_layers.py",),
+        "GFF weighs the received features by G_l instead of 1 - G_l (eq. 5)",
+    ),
+    Mutant(
+        "jpu_dilation_order_reversed",
+        "keras_fusionseg/layers/fastfcn.py",
+        "            for rate in self.dilation_rates\n",
+        "            for rate in reversed(self.dilation_rates)\n",
+        ("tests/test_fastfcn_layers.py",),
+        "JPU's branches come out in reverse dilation order (rate 8 first)",
+    ),
+    Mutant(
+        "gcn_without_biases",
+        "keras_fusionseg/layers/exfuse.py",
+        'return keras.layers.Conv2D(filters, shape, padding="same", use_bias=use_bias, name=name)',
+        'return keras.layers.Conv2D(filters, shape, padding="same", use_bias=False, name=name)',
+        ("tests/test_exfuse_layers.py",),
+        "GlobalConvolution(use_bias=True) builds its convolutions without biases",
+    ),
+    Mutant(
+        "atrous_schedule_one_stride_late",
+        "keras_fusionseg/backbones/output_stride.py",
+        "if stride > 1 and self.current_stride >= self.output_stride:",
+        "if stride > 1 and self.current_stride > self.output_stride:",
+        (
+            "tests/test_deeplab_fidelity.py::test_deeplabv3plus_xception65_macs_equal_the_hand_count[8]",
+        ),
+        "backbones asked for output stride 8 (16) stride once more: OS16 (32) features",
+    ),
+    Mutant(
+        "evaluate_multiscale_ignores_flip",
+        "keras_fusionseg/evaluation/evaluator.py",
+        "        scales=scales,\n        flip=flip,\n",
+        "        scales=scales,\n        flip=False,\n",
+        ("tests/test_evaluation.py::test_evaluate_multiscale_flip_and_max_images",),
+        'evaluate(mode="multiscale", flip=True) never predicts the mirrored copy',
+    ),
 )
 
 
