@@ -6,6 +6,10 @@ or with bfloat16 mixed precision. Each run keeps the family's training settings 
 the rest: the model's tiny variant, four 48x48 synthetic images in one batch with no
 augmentation (every step sees the same batch), one step per epoch so that the history holds
 the loss of every step.
+
+Before those (fast): `configs/camvid.py`'s variants give, field by field, the configs of the six
+CamVid files they replaced (flattened into tests/data/camvid_configs_before_variants.json before
+those files were deleted), and its variant argument is checked against the library's names.
 """
 
 import json
@@ -14,13 +18,79 @@ import pathlib
 import keras
 import numpy as np
 import pytest
-from config_files import load_config
+from absl import flags
+from config_files import CONFIGS, flatten, load_config, shipped_configs
+from ml_collections import config_flags
 
 from keras_fusionseg import models
+from keras_fusionseg.training import config as config_lib
 from keras_fusionseg.training import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 16
+
+# Old config file -> {"variant": its replacement, "changed_fields": what it changed from
+# default_config()}, saved from the files themselves (commit 62cd8ff) before they were deleted.
+BEFORE_VARIANTS = json.loads((REPO / "tests/data/camvid_configs_before_variants.json").read_text())
+
+
+def expected_fields(old_file):
+    """The old file's flattened config, on today's `default_config()`."""
+    changed = BEFORE_VARIANTS[old_file]["changed_fields"]
+    return {**flatten(config_lib.default_config()), **changed}
+
+
+@pytest.mark.parametrize("old_file", sorted(BEFORE_VARIANTS))
+def test_camvid_variant_equals_the_config_file_it_replaced(old_file):
+    variant = BEFORE_VARIANTS[old_file]["variant"]
+    assert flatten(load_config(variant)) == expected_fields(old_file)
+
+
+def test_baseline_file_and_bare_camvid_config_are_the_baseline_variant():
+    """README, the preset's metadata and make_preset name the baseline file: it stays."""
+    baseline = expected_fields("deeplabv3plus_mobilenetv2_camvid")
+    assert flatten(load_config("deeplabv3plus_mobilenetv2_camvid")) == baseline
+    assert flatten(load_config("camvid")) == baseline
+    # As scripts/train.py reads --config=configs/camvid.py:model=pspnet (ml_collections).
+    argv = ["train.py", f"--config={CONFIGS / 'camvid.py'}:model=pspnet"]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    assert flatten(flag_values.config) == expected_fields("pspnet_resnet50_camvid")
+
+
+def test_every_camvid_recipe_is_a_shipped_config():
+    names = shipped_configs()
+    assert {f"camvid:model={model}" for model in ("pspnet", "dunet")} <= set(names)
+    assert not any("resnet50_camvid" in name for name in names)
+
+
+def test_camvid_variant_keys_set_their_fields():
+    config = load_config(
+        "camvid:model=gffnet,output_stride=16,optimizer=adamw,precision=mixed_bfloat16"
+    )
+    assert config.model.name == "gffnet" and config.model.output_stride == 16
+    assert config.train.optimizer == "adamw" and config.mixed_precision == "mixed_bfloat16"
+    assert (config.train.learning_rate, config.train.weight_decay) == (1e-3, 1e-2)  # ADAMW
+    assert config.model.aux_outputs and config.model.backbone == "resnet50"
+    config_lib.check_fields(config, "camvid")
+
+
+@pytest.mark.parametrize(
+    "variant, message",
+    [
+        ("modle=pspnet", r"unknown key\(s\) \['modle'\]; keys: \['model', 'output_stride'"),
+        ("model=psp", r"Unknown model 'psp'. Available models: \[.*'pspnet'"),
+        ("model=gcn", r"no recipe for model 'gcn'; models with a recipe: \['deeplabv3plus'"),
+        ("output_stride=4", r"`output_stride` must be one of \[8, 16, 32\], received 4"),
+        ("optimizer=adam", r"optimizer must be one of \['sgd', 'adamw'\], received 'adam'"),
+        ("precision=float16", r"precision must be one of \['', 'float32', 'mixed_float16'"),
+        ("model", r"expected key=value, received 'model'"),
+    ],
+)
+def test_camvid_variant_errors_name_the_allowed_values(variant, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(f"camvid:{variant}")
 
 
 def shrunk(config):
@@ -49,11 +119,11 @@ def shrunk(config):
 
 
 def aux_and_se():
-    return shrunk(load_config("fastfcn_encnet_resnet50_camvid"))
+    return shrunk(load_config("camvid:model=fastfcn_encnet"))
 
 
 def precise_bn():
-    config = shrunk(load_config("deeplabv3plus_mobilenetv2_camvid"))
+    config = shrunk(load_config("camvid"))
     assert config.train.bn_recalibration_batches > 0 and config.train.class_weights
     config.train.bn_recalibration_batches = 2
     return config

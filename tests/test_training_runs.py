@@ -6,29 +6,19 @@ is the weighted sum of the aux and SE terms; precise BN changes the saved statis
 decays kernels only.
 """
 
-import importlib.util
-import pathlib
-import sys
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import training_tiny_backbone  # noqa: F401  (registers "tiny_test_backbone")
+from config_files import load_config
 
 from keras_fusionseg import models
 from keras_fusionseg.training import losses, optimizers, trainer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
 
 def smoke_config():
-    if str(REPO) not in sys.path:  # configs import each other as `configs.<name>`
-        sys.path.insert(0, str(REPO))
-    spec = importlib.util.spec_from_file_location("smoke", REPO / "configs" / "smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config("smoke")
     config.model.backbone = "tiny_test_backbone"
     config.train.verbose = 0
     config.train.num_overlay_images = 0

@@ -1,0 +1,171 @@
+r"""CamVid (11 classes): the ~60-minute CPU baseline and its model variants, in one config.
+
+    python scripts/train.py --config=configs/camvid.py \
+        --config.data.data_dir=../shared/data/camvid --workdir=runs/camvid
+    python scripts/train.py --config=configs/camvid.py:model=pspnet --workdir=runs/camvid_pspnet
+    python scripts/train.py --config=configs/camvid.py:model=dunet,output_stride=8,precision=mixed_bfloat16
+
+The text after ':' is the variant, `key=value` pairs separated by commas (ml_collections passes
+it to `get_config(arg)`); no variant is the baseline (`configs/deeplabv3plus_mobilenetv2_camvid.py`
+is that baseline under its preset name). Keys, each checked against the module that defines
+its values:
+- model: a model with a recipe in `VARIANTS` below (names: `keras_fusionseg.models.list_models()`);
+- output_stride: replaces the recipe's (`keras_fusionseg.backbones.VALID_OUTPUT_STRIDES`);
+- optimizer: `keras_fusionseg.training.config.OPTIMIZERS`; "adamw" also sets AdamW's usual
+  starting rate and decoupled decay (`ADAMW`, not tuned on CamVid);
+- precision: `config.mixed_precision`, one of `keras_fusionseg.training.config.PRECISIONS`.
+Any field can still be overridden with `--config.<field>=value`.
+
+Baseline recipe (reasons in README "Training and evaluation"):
+- DeepLabv3+ on MobileNetV2 x1.0 (from scratch) at output stride 16, with the paper's atrous
+  *separable* convs in ASPP and decoder (DeepLabv3+ Sec. 3.2), 128 channels wide instead of the
+  paper's 256: on a 2-core CPU a step takes 2.35 s instead of 3.17 s (batch 8, 256x352), so the
+  same 60 minutes train 1.35x more steps, which a from-scratch run needs more than head width.
+- 256x352 crops, batch 8, SGD momentum 0.9, poly (power 0.9) from 0.05 after a 100-step
+  warm-up: random initialisation with BN tolerates a high rate, and a short budget needs it.
+- L2 weight decay 4e-5 on kernels (the DeepLab value for MobileNet).
+- Class weights: square roots of median-frequency weights from the train split's pixel
+  shares (classes.txt order), so thin classes (pole, sign, pedestrian, bicyclist) get
+  gradient without letting them dominate.
+
+The ResNet-50 variants keep the data and schedule and take the papers' weight decay for ResNet
+(1e-4); they are sized for an accelerator (a ResNet-50 step at 256x352, batch 8, takes tens of
+seconds on a 2-core CPU). `model=dunet` needs its basis fitted on the train labels first:
+
+    python scripts/fit_dupsampling.py --source=camvid --data_dir=../shared/data/camvid \
+        --ratio=16 --channels=64 --output=runs/camvid_dupsampling_r16.npz
+"""
+
+from keras_fusionseg import models
+from keras_fusionseg.backbones.registry import check_output_stride
+from keras_fusionseg.training.config import OPTIMIZERS, PRECISIONS, default_config
+from keras_fusionseg.utils.cli_options import parse_key_values
+
+# Train-split pixel shares (%) per class, from the dataset's SOURCE.md histogram.
+TRAIN_PIXEL_SHARES = (16.85, 23.26, 0.98, 31.66, 4.49, 9.72, 1.17, 1.13, 5.87, 0.64, 0.29)
+
+BASELINE = "deeplabv3plus"
+RESNET_WEIGHT_DECAY = 1e-4  # the papers' value for ResNet
+
+
+def _recipe(backbone, output_stride, aux_outputs, backbone_options=None, options=None, **train):
+    return {
+        "model": {
+            "backbone": backbone,
+            "backbone_options": backbone_options or {},
+            "output_stride": output_stride,
+            "aux_outputs": aux_outputs,
+            "options": options or {},
+        },
+        "train": {"weight_decay": RESNET_WEIGHT_DECAY, **train},
+    }
+
+
+# Model name -> the model fields (and training fields) of its CamVid recipe.
+VARIANTS = {
+    # The baseline (see the module docstring).
+    "deeplabv3plus": _recipe(
+        "mobilenetv2",
+        16,
+        False,
+        backbone_options={"alpha": 1.0},
+        options={
+            "aspp_filters": 128,
+            "decoder_filters": 128,
+            "low_level_filters": 48,
+            "separable": True,
+        },
+        weight_decay=4e-5,
+    ),
+    # PSPNet (dilated ResNet-50, output stride 8, aux head 0.4): the GFF baseline.
+    "pspnet": _recipe("resnet50", 8, True),
+    # GFFNet (PSPNet + gated fully fusion + dense feature pyramid, aux 0.4).
+    "gffnet": _recipe("resnet50", 8, True),
+    # ExFuse on GCN (ResNet-50, all components; SS losses 0.4 in all, ECRE loss 0.4).
+    "exfuse": _recipe("resnet50", 32, True),
+    # FastFCN: JPU on a non-dilated ResNet-50 (the model's default, deep stem) + EncNet head,
+    # aux 0.2 + SE 0.2.
+    "fastfcn_encnet": _recipe(None, 32, True),
+    # DUpsampling, the paper's default (Tian et al., CVPR 2019, Table 2's best and Fig. 2's
+    # light decoder): "P1" is conv1_3 of the three-conv deep stem (which only the deep stem
+    # has), fused with "P4" (b3u6c3); the basis is fitted on the train labels (see above).
+    "dunet": _recipe(
+        "resnet50",
+        16,
+        False,
+        backbone_options={"deep_stem": True},
+        options={"dupsampling_basis": "runs/camvid_dupsampling_r16.npz"},
+    ),
+}
+
+# AdamW's usual starting values (decoupled decay), used with `optimizer=adamw`; not tuned here.
+ADAMW = {"learning_rate": 1e-3, "weight_decay": 1e-2}
+
+KEYS = ("model", "output_stride", "optimizer", "precision")
+
+
+def sqrt_median_frequency_weights(shares):
+    ordered = sorted(shares)
+    median = ordered[len(ordered) // 2]
+    return tuple(round((median / share) ** 0.5, 4) for share in shares)
+
+
+def parse_variant(arg):
+    """The variant text as a checked dict: "model=pspnet,output_stride=16" -> {"model": ...}."""
+    variant = {"model": BASELINE, **parse_key_values(arg or "", what="configs/camvid.py variant")}
+    unknown = sorted(set(variant) - set(KEYS))
+    if unknown:
+        raise ValueError(
+            f"configs/camvid.py variant {arg!r}: unknown key(s) {unknown}; keys: {list(KEYS)}."
+        )
+    models.get_model_spec(variant["model"])  # an unregistered name: the registry's error
+    if variant["model"] not in VARIANTS:
+        raise ValueError(
+            f"configs/camvid.py has no recipe for model {variant['model']!r}; models with a "
+            f"recipe: {sorted(VARIANTS)}."
+        )
+    if "output_stride" in variant:
+        check_output_stride(variant["output_stride"])
+    for key, allowed in (("optimizer", OPTIMIZERS), ("precision", PRECISIONS)):
+        if key in variant and variant[key] not in allowed:
+            raise ValueError(
+                f"configs/camvid.py variant: {key} must be one of {list(allowed)}, "
+                f"received {variant[key]!r}."
+            )
+    return variant
+
+
+def get_config(arg=None):
+    variant = parse_variant(arg)
+    recipe = VARIANTS[variant["model"]]
+    config = default_config()
+    config.model.name = variant["model"]
+    for field, value in recipe["model"].items():
+        config.model[field] = value
+    config.model.output_stride = variant.get("output_stride", config.model.output_stride)
+    config.mixed_precision = variant.get("precision", config.mixed_precision)
+    config.data.name = "camvid"
+    config.data.data_dir = "../shared/data/camvid"
+    config.data.crop_size = (256, 352)
+    config.data.batch_size = 8
+    config.data.scale_range = (0.75, 1.5)
+    config.data.shuffle_buffer = 128
+    config.data.cache = True
+    config.train.epochs = 26  # 1,196 steps: under 60 min on 2 AVX2 cores (README)
+    config.train.steps_per_epoch = 46  # 367 images / 8
+    config.train.optimizer = "sgd"
+    config.train.learning_rate = 0.05
+    config.train.warmup_steps = 100
+    for field, value in recipe["train"].items():
+        config.train[field] = value
+    if variant.get("optimizer", "sgd") == "adamw":
+        config.train.update(ADAMW)
+    config.train.optimizer = variant.get("optimizer", config.train.optimizer)
+    config.train.class_weights = sqrt_median_frequency_weights(TRAIN_PIXEL_SHARES)
+    config.train.bn_momentum = 0.99  # the models' 0.9997 is for 30k+ step schedules
+    config.train.bn_recalibration_batches = 20  # precise BN before validation
+    config.train.backup_every_steps = 46
+    config.train.validation_every_epochs = 5
+    config.train.num_overlay_images = 3
+    config.train.verbose = 1
+    return config
