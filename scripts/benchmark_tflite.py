@@ -81,13 +81,12 @@ def _train_fallback(workdir):
     return workdir
 
 
-def _dataset_of(workdir):
-    path = os.path.join(workdir, "config.json") if os.path.isdir(workdir) else ""
-    if not os.path.isfile(path):
-        return None, None
-    with open(path) as f:
-        data = json.load(f).get("data", {})
-    return data.get("name") or None, data.get("data_dir") or None
+def _dataset_of(model, workdir):
+    """(dataset name, data_dir) the model was trained on (`models.describe_model`)."""
+    from keras_fusionseg.models import describe_model
+
+    dataset = describe_model(model, path=workdir)["dataset"]
+    return (dataset["name"], dataset["data_dir"]) if dataset else (None, None)
 
 
 def main(argv):
@@ -105,7 +104,7 @@ def main(argv):
 
     workdir = _WORKDIR.value or _train_fallback(_TRAIN_DIR.value)
     model = export.load_keras_model(workdir)
-    source, data_dir = _dataset_of(workdir)
+    source, data_dir = _dataset_of(model, workdir)
     source, data_dir = _SOURCE.value or source, _DATA_DIR.value or data_dir
     if source is None:
         raise app.UsageError("--source is needed (the model has no workdir config).")

@@ -68,19 +68,14 @@ def _size(values, flag):
     return height, width
 
 
-def _workdir_data(model_path, metadata=None):
-    """(dataset name, data_dir) the model was trained on: the preset's training config, else
-    the workdir's `config.json`; (None, None) when unknown."""
-    if metadata is not None:
-        config = metadata["training"]["config"]
-    else:
-        config_path = os.path.join(model_path, "config.json")
-        if not os.path.isfile(config_path):
-            return None, None
-        with open(config_path) as f:
-            config = json.load(f)
-    data = config.get("data", {})
-    return data.get("name") or None, data.get("data_dir") or None
+def _workdir_data(model, model_path, metadata=None):
+    """(dataset name, data_dir) the model was trained on (`models.describe_model`: the model's
+    own record, the preset's training config, else the workdir's `config.json`); (None, None)
+    when unknown."""
+    from keras_fusionseg.models import describe_model
+
+    dataset = describe_model(model, path=model_path or None, metadata=metadata)["dataset"]
+    return (dataset["name"], dataset["data_dir"]) if dataset else (None, None)
 
 
 def main(argv):
@@ -106,7 +101,7 @@ def main(argv):
         include_probabilities=_PROBABILITIES.value,
     )
     with open(os.path.join(_OUTPUT.value, "export_config.json"), "w") as f:
-        dataset = _CALIBRATION_SOURCE.value or _workdir_data(model_path, metadata)[0]
+        dataset = _CALIBRATION_SOURCE.value or _workdir_data(model, model_path, metadata)[0]
         origin = f"preset:{_PRESET.value}" if _PRESET.value else os.path.abspath(model_path)
         record = {"model": origin, "dataset": dataset, **pipeline.config()}
         json.dump(record, f, indent=2)
@@ -119,7 +114,7 @@ def main(argv):
     calibration = None
     for quantization in _TFLITE.value:
         if quantization == "full_int8" and calibration is None:
-            source, data_dir = _workdir_data(model_path, metadata)
+            source, data_dir = _workdir_data(model, model_path, metadata)
             source = _CALIBRATION_SOURCE.value or source
             if source is None:
                 raise app.UsageError("full_int8 needs --calibration_source (no workdir config).")

@@ -146,13 +146,22 @@ def hand_made_backbone(channels=(8, 8, 16, 16, 32)):
 
 
 @pytest.mark.parametrize("name", models.list_models())
-def test_models_accept_a_foreign_backbone_with_pyramid_outputs(name, rng):
+def test_models_accept_a_foreign_backbone_with_pyramid_outputs(name, rng, tmp_path):
     options = {
         k: v for k, v in tiny_kwargs(name).items() if k not in ("backbone", "backbone_options")
     }
-    model = models.build(name, num_classes=NUM_CLASSES, backbone=hand_made_backbone(), **options)
-    y = model(rng.uniform(0, 255, size=(1, 64, 96, 3)).astype("float32"))
+    backbone = hand_made_backbone()
+    model = models.build(name, num_classes=NUM_CLASSES, backbone=backbone, **options)
+    x = rng.uniform(0, 255, size=(1, 64, 96, 3)).astype("float32")
+    y = model(x)
     assert y.shape == (1, 64, 96, NUM_CLASSES), name
+    # It saves and loads like any model, and records which backbone object it was built on.
+    assert model.build_arguments["backbone"] == {"name": backbone.name, "class": "Functional"}
+    assert model.build_arguments["output_stride"] == 32
+    model.save(tmp_path / f"{name}.keras")
+    clone = keras.models.load_model(tmp_path / f"{name}.keras")
+    assert clone.build_arguments == model.build_arguments
+    np.testing.assert_allclose(clone(x), y, atol=1e-5)
 
 
 def test_backbone_weights_misfit_from_default_options_warns_and_loads_what_fits(

@@ -1,7 +1,6 @@
 """Predicts image files: label PNGs (class ids) and colour overlays with a class legend."""
 
 import glob
-import json
 import os
 
 import keras
@@ -11,7 +10,6 @@ from PIL import Image
 from keras_fusionseg.export.visualize import add_legend, default_palette, overlay
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-EXPORT_CONFIG = "export_config.json"
 
 
 def list_image_files(inputs):
@@ -51,24 +49,13 @@ def read_image(path, channels):
 
 
 def dataset_name_for(model_path):
-    """The dataset a model was trained on, from its workdir's `config.json` or the export's
-    `export_config.json`; None when unknown."""
-    model_path = os.path.abspath(os.fspath(model_path))
-    folders = [
-        model_path,
-        os.path.dirname(model_path),
-        os.path.dirname(os.path.dirname(model_path)),
-    ]
-    for folder in folders:
-        for name in ("config.json", EXPORT_CONFIG):
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                with open(path) as f:
-                    config = json.load(f)
-                dataset = config.get("dataset") or config.get("data", {}).get("name")
-                if dataset:
-                    return dataset
-    return None
+    """The dataset a model was trained on (`models.describe_model`): recorded in its `.keras`
+    file, else its workdir's `config.json` or the export's `export_config.json`; None when
+    unknown."""
+    from keras_fusionseg.models.segmentation_model import describe_model
+
+    dataset = describe_model(path=model_path)["dataset"]
+    return dataset["name"] if dataset else None
 
 
 def class_names_and_palette(dataset=None, num_classes=None):

@@ -7,6 +7,7 @@ need static sizes; antialiased resizing has no TFLite kernel.)
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_fusionseg.layers.atrous import (  # noqa: F401  (re-exported: shared building blocks)
@@ -20,6 +21,12 @@ PACKAGE = "keras_fusionseg"
 BN_MOMENTUM = 0.9997
 BN_EPSILON = 1e-3
 
+# Batch norm of the heads (PSPNet, GFF, EncNet / FastFCN and DeepLab's ASPP and decoder): the
+# PyTorch references use momentum 0.1 (Keras 0.9) and epsilon 1e-5, as does DeepLab's head
+# (1e-3 stays in Xception).
+HEAD_BN_MOMENTUM = 0.9
+HEAD_BN_EPSILON = 1e-5
+
 
 def _check_choice(name, value, allowed):
     if value not in allowed:
@@ -27,7 +34,8 @@ def _check_choice(name, value, allowed):
 
 
 def check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """Raises a ValueError naming `name` unless `value` is an integer >= 1 (bools are not)."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
 
 

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from keras_fusionseg.layers.common import (
     BN_MOMENTUM,
+    HEAD_BN_EPSILON,
     PACKAGE,
     ConvBNReLU,
     SeparableConvBN,
@@ -17,9 +18,6 @@ from keras_fusionseg.layers.common import (
     resize_bilinear,
     static_or_dynamic_hw,
 )
-
-# The reference DeepLab code uses epsilon 1e-5 for the head's batch norms (1e-3 in Xception).
-HEAD_BN_EPSILON = 1e-5
 
 
 def _check_rates(atrous_rates):

@@ -15,12 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fusionseg.layers.common import PACKAGE
-
-
-def _check_positive_int(name, value):
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
+from keras_fusionseg.layers.common import PACKAGE, check_positive_int
 
 
 def crop_to_reference(x, reference):
@@ -75,9 +70,9 @@ class DUpsampling(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("ratio", ratio)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("code_channels", code_channels)
+        check_positive_int("ratio", ratio)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("code_channels", code_channels)
         self.ratio = int(ratio)
         self.num_classes = int(num_classes)
         self.code_channels = int(code_channels)

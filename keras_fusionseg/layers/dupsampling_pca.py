@@ -34,6 +34,8 @@ import os
 
 import numpy as np
 
+from keras_fusionseg.layers.common import check_positive_int
+
 IGNORE_MODES = ("zero", "skip_patch")
 METHODS = ("auto", "exact", "randomized")
 # Above this N, `method="auto"` uses the randomized method (exact: N^2 float64 memory).
@@ -293,8 +295,7 @@ def fit_dupsampling(
         A `DUpsamplingBasis` (W, P = W^T, mean, ...).
     """
     for name, value in (("num_classes", num_classes), ("ratio", ratio), ("channels", channels)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
+        check_positive_int(name, value)
     n = ratio * ratio * num_classes
     if channels > n:
         raise ValueError(

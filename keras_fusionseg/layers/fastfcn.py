@@ -12,6 +12,8 @@ import keras
 import tensorflow as tf
 
 from keras_fusionseg.layers.common import (
+    HEAD_BN_EPSILON,
+    HEAD_BN_MOMENTUM,
     PACKAGE,
     ConvBNReLU,
     SeparableConvBN,
@@ -19,10 +21,6 @@ from keras_fusionseg.layers.common import (
     resize_bilinear,
     static_or_dynamic_hw,
 )
-
-# PyTorch-style BN settings of the FastFCN reference.
-HEAD_BN_MOMENTUM = 0.9
-HEAD_BN_EPSILON = 1e-5
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -9,16 +9,14 @@ import keras
 import tensorflow as tf
 
 from keras_fusionseg.layers.common import (
+    HEAD_BN_EPSILON,
+    HEAD_BN_MOMENTUM,
     PACKAGE,
     ConvBNReLU,
     check_positive_int,
     resize_bilinear,
     static_or_dynamic_hw,
 )
-
-# PyTorch-style BN settings of the GFF / PSPNet reference heads.
-HEAD_BN_MOMENTUM = 0.9
-HEAD_BN_EPSILON = 1e-5
 
 
 def _check_bins(bins):

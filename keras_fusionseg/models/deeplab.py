@@ -12,9 +12,10 @@ atrous separable convolution in ASPP and decoder (Sec. 3.2), ASPP rates (6, 12, 
 
 import keras
 
-from keras_fusionseg.layers.common import ResizeToReference
+from keras_fusionseg.backbones.checks import l2_regularizer
 from keras_fusionseg.layers.deeplabv3plus import ASPP, DeepLabV3PlusDecoder
-from keras_fusionseg.models.registry import finalize_outputs, register_model
+from keras_fusionseg.models.heads import backbone_output_stride, model_tail, pyramid_level
+from keras_fusionseg.models.registry import register_model
 
 # ASPP rates per output stride: (6, 12, 18) at OS16 (paper), doubled at OS8 (paper). At
 # OS32 we halve them, which keeps each branch's field of view in input pixels (rate x stride).
@@ -28,31 +29,10 @@ TINY_DEEPLABV3 = {
 TINY_DEEPLABV3PLUS = {**TINY_DEEPLABV3, "decoder_filters": 16, "low_level_filters": 8}
 
 
-def _output_stride(backbone):
-    """The backbone's output stride: its attribute, else the static shapes of "P5"."""
-    output_stride = getattr(backbone, "output_stride", None)
-    if output_stride is not None:
-        return output_stride
-    height = backbone.inputs[0].shape[1]
-    feature_height = backbone.pyramid_outputs["P5"].shape[1]
-    if height and feature_height:
-        return round(height / feature_height)
-    return None
-
-
-def _pyramid_level(backbone, key, model_name):
-    if key not in backbone.pyramid_outputs:
-        raise ValueError(
-            f"`{model_name}` needs the backbone's {key!r} features; its `pyramid_outputs` has "
-            f"{sorted(backbone.pyramid_outputs)}."
-        )
-    return backbone.pyramid_outputs[key]
-
-
 def _atrous_rates(backbone, aspp_rates):
     if aspp_rates is not None:
         return tuple(aspp_rates)  # ASPP validates the values.
-    output_stride = _output_stride(backbone)
+    output_stride = backbone_output_stride(backbone)
     if output_stride not in ASPP_RATES:
         raise ValueError(
             f"Cannot choose ASPP rates for a backbone with output stride {output_stride!r} "
@@ -70,39 +50,18 @@ def _separable(backbone, separable):
     return separable
 
 
-def _regularizer(weight_decay):
-    if (
-        not isinstance(weight_decay, int | float)
-        or isinstance(weight_decay, bool)
-        or weight_decay < 0
-    ):
-        raise ValueError(f"`weight_decay` must be a float >= 0, received {weight_decay!r}.")
-    return keras.regularizers.L2(weight_decay) if weight_decay else None
-
-
 def _encoder(backbone, model_name, aspp_filters, aspp_rates, separable, dropout, weight_decay):
     """ASPP on the backbone's "P5" features (stride = output stride)."""
-    features = _pyramid_level(backbone, "P5", model_name)
+    features = pyramid_level(backbone, "P5", model_name)
     aspp = ASPP(
         filters=aspp_filters,
         atrous_rates=_atrous_rates(backbone, aspp_rates),
         separable=separable,
         dropout=dropout,
-        kernel_regularizer=_regularizer(weight_decay),
+        kernel_regularizer=l2_regularizer(weight_decay),
         name="aspp",
     )
     return aspp(features)
-
-
-def _model(backbone, logits, aux_outputs, name):
-    image = backbone.inputs[0]
-    logits = ResizeToReference(name="upsample_logits")([logits, image])
-    outputs, loss_spec = finalize_outputs(logits, aux_outputs=aux_outputs)
-    # A single input tensor (not a one-element list) keeps Keras from warning on every call.
-    inputs = backbone.inputs[0] if len(backbone.inputs) == 1 else backbone.inputs
-    model = keras.Model(inputs, outputs, name=name)
-    model.loss_spec = loss_spec
-    return model
 
 
 @register_model(
@@ -136,9 +95,11 @@ def deeplabv3(
     separable = _separable(backbone, separable)
     x = _encoder(backbone, "deeplabv3", aspp_filters, aspp_rates, separable, dropout, weight_decay)
     logits = keras.layers.Conv2D(
-        num_classes, 1, kernel_regularizer=_regularizer(weight_decay), name="logits_conv"
+        num_classes, 1, kernel_regularizer=l2_regularizer(weight_decay), name="logits_conv"
     )(x)
-    return _model(backbone, logits, aux_outputs, "deeplabv3")
+    return model_tail(
+        backbone, logits, name="deeplabv3", num_classes=num_classes, aux_outputs=aux_outputs
+    )
 
 
 @register_model(
@@ -177,7 +138,7 @@ def deeplabv3plus(
         weight_decay: float, L2 factor on the head's conv kernels (0: none).
     """
     separable = _separable(backbone, separable)
-    low_level = _pyramid_level(backbone, "P2", "deeplabv3plus")
+    low_level = pyramid_level(backbone, "P2", "deeplabv3plus")
     x = _encoder(
         backbone, "deeplabv3plus", aspp_filters, aspp_rates, separable, dropout, weight_decay
     )
@@ -186,8 +147,10 @@ def deeplabv3plus(
         filters=decoder_filters,
         low_level_filters=low_level_filters,
         separable=separable,
-        kernel_regularizer=_regularizer(weight_decay),
+        kernel_regularizer=l2_regularizer(weight_decay),
         name="decoder",
     )
     logits = decoder([x, low_level])
-    return _model(backbone, logits, aux_outputs, "deeplabv3plus")
+    return model_tail(
+        backbone, logits, name="deeplabv3plus", num_classes=num_classes, aux_outputs=aux_outputs
+    )

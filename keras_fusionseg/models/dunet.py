@@ -40,10 +40,11 @@ import os
 import keras
 import numpy as np
 
-from keras_fusionseg.layers.common import ConvBNReLU, ResizeToReference
+from keras_fusionseg.layers.common import ConvBNReLU, ResizeToReference, check_positive_int
 from keras_fusionseg.layers.dupsampling import AdaptiveTemperatureSoftmax, DUpsampling
 from keras_fusionseg.layers.dupsampling_pca import DUpsamplingBasis, load_dupsampling_basis
-from keras_fusionseg.models.registry import finalize_outputs, register_model
+from keras_fusionseg.models.heads import model_tail
+from keras_fusionseg.models.registry import register_model
 
 TINY = {
     "backbone": "resnet50",
@@ -157,12 +158,8 @@ def dunet(
         raise ValueError(f"`decoder` must be one of {DECODER_LAYOUTS}, received {decoder!r}.")
     if decoder_convs is None:
         decoder_convs = 1 if decoder == "light" else 2
-    for arg, value in (
-        ("decoder_channels", decoder_channels),
-        ("low_level_channels", low_level_channels),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{arg}` must be a positive integer, received {value!r}.")
+    check_positive_int("decoder_channels", decoder_channels)
+    check_positive_int("low_level_channels", low_level_channels)
     if not isinstance(decoder_convs, int) or isinstance(decoder_convs, bool) or decoder_convs < 0:
         raise ValueError(f"`decoder_convs` must be an integer >= 0, received {decoder_convs!r}.")
     fused_features = tuple(fused_features)
@@ -197,7 +194,12 @@ def dunet(
         name="dupsampling",
     )([code, image])
     logits = AdaptiveTemperatureSoftmax(name="temperature")(scores)
-    outputs, loss_spec = finalize_outputs(logits, aux_outputs=aux_outputs)
-    model = keras.Model(image, outputs, name="dunet")
-    model.loss_spec = loss_spec
-    return model
+    # DUpsampling already crops to the input size.
+    return model_tail(
+        backbone,
+        logits,
+        name="dunet",
+        num_classes=num_classes,
+        aux_outputs=aux_outputs,
+        resize=False,
+    )

@@ -44,7 +44,8 @@ from keras_fusionseg.layers.exfuse import (
     SemanticEmbeddingBranch,
     UpsampleBilinear,
 )
-from keras_fusionseg.models.registry import finalize_outputs, register_model
+from keras_fusionseg.models.heads import check_bool, model_tail
+from keras_fusionseg.models.registry import register_model
 
 LEVELS = ("P2", "P3", "P4", "P5")  # the paper's levels 1-4 (res-2..res-5)
 
@@ -73,11 +74,6 @@ SS_FEATURES = ("stage", "block")
 UPSAMPLING = ("bilinear", "deconv")
 
 
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a bool, received {value!r}.")
-
-
 def _semantic_supervision(x, num_classes, channels, level):
     """SS head (ExFuse Fig. 3, adapted): two 3x3 conv-BN-ReLU, then 1x1 class scores."""
     x = ConvBNReLU(channels, 3, name=f"ss_{level}_conv1")(x)
@@ -86,32 +82,60 @@ def _semantic_supervision(x, num_classes, channels, level):
     return block, scores
 
 
-def _gcn_exfuse(
+def gcn_exfuse_model(
     backbone,
-    *,
     name,
+    /,
+    *,
     num_classes,
-    aux_outputs,
-    gcn_kernel_size,
-    semantic_supervision,
-    ss_features,
-    ss_channels,
-    semantic_embedding,
-    channel_resolution_embedding,
-    densely_adjacent_prediction,
-    dap_kernel_size,
-    decoder_width,
-    upsampling,
-    ss_loss_weight,
-    ecre_loss_weight,
+    aux_outputs=False,
+    gcn_kernel_size=DEFAULT_GCN_KERNEL_SIZE,
+    semantic_supervision=False,
+    ss_features="block",
+    ss_channels=256,
+    semantic_embedding=False,
+    channel_resolution_embedding=False,
+    densely_adjacent_prediction=False,
+    dap_kernel_size=3,
+    decoder_width=None,
+    upsampling="bilinear",
+    ss_loss_weight=0.4,
+    ecre_loss_weight=0.4,
 ):
-    for flag in (
-        "semantic_supervision",
-        "semantic_embedding",
-        "channel_resolution_embedding",
-        "densely_adjacent_prediction",
-    ):
-        _check_bool(flag, locals()[flag])
+    """GCN (Fig. 2 of the GCN paper) with the ExFuse components switched on one by one.
+
+    `gcn` builds it with every component off by default, `exfuse` with SS, SEB, ECRE and DAP
+    on; both take every option below.
+
+    Args:
+        backbone: functional `keras.Model` with `pyramid_outputs` "P2".."P5" (the GCN and
+            ExFuse papers use output stride 32: no dilation).
+        name: str, the model's name ("gcn" or "exfuse").
+        num_classes: int.
+        aux_outputs: bool, return `{"logits", "ss_P2".."ss_P5", "ecre"}` (those switched on)
+            for the auxiliary losses.
+        gcn_kernel_size: odd int k of the GCN blocks (15, the GCN paper's best; 7 is cheaper).
+        semantic_supervision: bool, SS heads with auxiliary losses on every stage.
+        ss_features: "block" (GCN reads the SS head's 2nd conv, ExFuse Table 3 #2) or
+            "stage" (the stage output; the heads are then only losses).
+        ss_channels: int, width of the SS heads' 3x3 convs.
+        semantic_embedding: bool, SEB on levels "P2".."P4".
+        channel_resolution_embedding: bool, ECRE for the "P5" -> "P4" upsampling.
+        densely_adjacent_prediction: bool, DAP (decoder width num_classes * k * k).
+        dap_kernel_size: odd int k of DAP (3).
+        decoder_width: None (num_classes, or num_classes * k * k with DAP) or an int >=
+            num_classes: without DAP, a decoder this wide followed by 1x1 classifiers, e.g.
+            189 for 21 classes, the "Baseline (more channels)" of ExFuse Table 5 #2.
+        upsampling: "bilinear" (default, adapted) or "deconv" (the GCN paper's learnt
+            transposed convs, bilinear-initialised) for every x2 step of the decoder.
+        ss_loss_weight: float, total weight of the four SS losses, shared equally (0.4:
+            0.1 each; the paper weights them in ImageNet pre-training, not here).
+        ecre_loss_weight: float, weight of the ECRE loss (0.4).
+    """
+    check_bool("semantic_supervision", semantic_supervision)
+    check_bool("semantic_embedding", semantic_embedding)
+    check_bool("channel_resolution_embedding", channel_resolution_embedding)
+    check_bool("densely_adjacent_prediction", densely_adjacent_prediction)
     if upsampling not in UPSAMPLING:
         raise ValueError(f"`upsampling` must be one of {UPSAMPLING}, received {upsampling!r}.")
     deconv = upsampling == "deconv"
@@ -205,60 +229,35 @@ def _gcn_exfuse(
     ss_heads = [key for key in aux if key.startswith("ss_")]
     weights = {key: float(ss_loss_weight) / len(ss_heads) for key in ss_heads}
     weights["ecre"] = float(ecre_loss_weight)
-    outputs, loss_spec = finalize_outputs(logits, aux, aux_outputs, weights)
-    model = keras.Model(image, outputs, name=name)
-    model.loss_spec = loss_spec
-    return model
-
-
-_ARGS_DOC = """
-    Args:
-        backbone: functional `keras.Model` with `pyramid_outputs` "P2".."P5" (the GCN and
-            ExFuse papers use output stride 32: no dilation).
-        num_classes: int.
-        aux_outputs: bool, return `{"logits", "ss_P2".."ss_P5", "ecre"}` (those switched on)
-            for the auxiliary losses.
-        gcn_kernel_size: odd int k of the GCN blocks (15, the GCN paper's best; 7 is cheaper).
-        semantic_supervision: bool, SS heads with auxiliary losses on every stage.
-        ss_features: "block" (GCN reads the SS head's 2nd conv, ExFuse Table 3 #2) or
-            "stage" (the stage output; the heads are then only losses).
-        ss_channels: int, width of the SS heads' 3x3 convs.
-        semantic_embedding: bool, SEB on levels "P2".."P4".
-        channel_resolution_embedding: bool, ECRE for the "P5" -> "P4" upsampling.
-        densely_adjacent_prediction: bool, DAP (decoder width num_classes * k * k).
-        dap_kernel_size: odd int k of DAP (3).
-        upsampling: "bilinear" (default, adapted) or "deconv" (the GCN paper's learnt
-            transposed convs, bilinear-initialised) for every x2 step of the decoder.
-        decoder_width: None (num_classes, or num_classes * k * k with DAP) or an int >=
-            num_classes: without DAP, a decoder this wide followed by 1x1 classifiers, e.g.
-            189 for 21 classes, the "Baseline (more channels)" of ExFuse Table 5 #2.
-        ss_loss_weight: float, total weight of the four SS losses, shared equally (0.4:
-            0.1 each; the paper weights them in ImageNet pre-training, not here).
-        ecre_loss_weight: float, weight of the ECRE loss (0.4).
-"""
+    # The decoder's last step already resized to the input.
+    return model_tail(
+        backbone,
+        logits,
+        name=name,
+        num_classes=num_classes,
+        aux=aux,
+        aux_outputs=aux_outputs,
+        loss_weights=weights,
+        resize=False,
+    )
 
 
 @register_model("gcn", default_backbone="resnet101", default_output_stride=32, tiny=TINY_GCN)
-def gcn(
-    backbone,
-    *,
-    num_classes,
-    aux_outputs=False,
-    gcn_kernel_size=DEFAULT_GCN_KERNEL_SIZE,
-    semantic_supervision=False,
-    ss_features="block",
-    ss_channels=256,
-    semantic_embedding=False,
-    channel_resolution_embedding=False,
-    densely_adjacent_prediction=False,
-    dap_kernel_size=3,
-    decoder_width=None,
-    upsampling="bilinear",
-    ss_loss_weight=0.4,
-    ecre_loss_weight=0.4,
-):
-    """GCN with boundary refinement (Peng et al., CVPR 2017), the ExFuse baseline (Table 3 #1)."""
-    return _gcn_exfuse(backbone, name="gcn", **_options(locals()))
+def gcn(backbone, *, num_classes, aux_outputs=False, **options):
+    """GCN with boundary refinement (Peng et al., CVPR 2017), the ExFuse baseline (Table 3 #1).
+
+    Every ExFuse component is off unless `options` switches it on (the Table 3 ablation).
+
+    Args:
+        backbone: functional `keras.Model` with `pyramid_outputs` "P2".."P5".
+        num_classes: int.
+        aux_outputs: bool, also return the auxiliary outputs of the components switched on.
+        **options: the options of `gcn_exfuse_model` (kernel size, components, widths,
+            upsampling, loss weights).
+    """
+    return gcn_exfuse_model(
+        backbone, "gcn", num_classes=num_classes, aux_outputs=aux_outputs, **options
+    )
 
 
 @register_model(
@@ -273,30 +272,41 @@ def exfuse(
     *,
     num_classes,
     aux_outputs=False,
-    gcn_kernel_size=DEFAULT_GCN_KERNEL_SIZE,
     semantic_supervision=True,
-    ss_features="block",
-    ss_channels=256,
     semantic_embedding=True,
     channel_resolution_embedding=True,
     densely_adjacent_prediction=True,
-    dap_kernel_size=3,
-    decoder_width=None,
-    upsampling="bilinear",
-    ss_loss_weight=0.4,
-    ecre_loss_weight=0.4,
+    **options,
 ):
     """ExFuse on GCN (Zhang et al., ECCV 2018), SS, SEB, ECRE and DAP on (Table 3 #7).
 
     Layer rearrangement (LR) is on with the default backbone (`LAYER_REARRANGEMENT`); pass
     `backbone_options={"depths": (3, 4, 23, 3)}` to turn it off.
+
+    Args:
+        backbone: functional `keras.Model` with `pyramid_outputs` "P2".."P5".
+        num_classes: int.
+        aux_outputs: bool, also return `"ss_P2".."ss_P5"` and `"ecre"` (those switched on).
+        semantic_supervision: bool, SS heads on every stage (on).
+        semantic_embedding: bool, SEB on levels "P2".."P4" (on).
+        channel_resolution_embedding: bool, ECRE for the "P5" -> "P4" upsampling (on).
+        densely_adjacent_prediction: bool, DAP (on).
+        **options: the other options of `gcn_exfuse_model` (kernel sizes, widths,
+            upsampling, loss weights).
     """
-    return _gcn_exfuse(backbone, name="exfuse", **_options(locals()))
+    return gcn_exfuse_model(
+        backbone,
+        "exfuse",
+        num_classes=num_classes,
+        aux_outputs=aux_outputs,
+        semantic_supervision=semantic_supervision,
+        semantic_embedding=semantic_embedding,
+        channel_resolution_embedding=channel_resolution_embedding,
+        densely_adjacent_prediction=densely_adjacent_prediction,
+        **options,
+    )
 
 
-def _options(arguments):
-    return {key: value for key, value in arguments.items() if key != "backbone"}
-
-
-gcn.__doc__ += _ARGS_DOC
-exfuse.__doc__ += _ARGS_DOC
+# `training.config` checks `model.options` names against these signatures, past `**options`.
+gcn.forwards_options_to = gcn_exfuse_model
+exfuse.forwards_options_to = gcn_exfuse_model

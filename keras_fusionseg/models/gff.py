@@ -10,88 +10,27 @@ feature pyramid (eq. 6) before the logits.
 
 import keras
 
-from keras_fusionseg.layers.common import ConvBNReLU, ResizeToReference
-from keras_fusionseg.layers.gff import (
+from keras_fusionseg.layers.common import (
     HEAD_BN_EPSILON,
     HEAD_BN_MOMENTUM,
-    DenseFeaturePyramid,
-    GatedFullyFusion,
-    PyramidPooling,
+    ResizeToReference,
+    check_positive_int,
 )
-from keras_fusionseg.models.registry import finalize_outputs, register_model
-
-TINY_RESNET = {
-    "backbone": "resnet50",
-    "backbone_options": {"depths": (1, 1, 1, 1), "stage_widths": (8, 16, 32, 64), "stem_width": 16},
-}
+from keras_fusionseg.layers.gff import DenseFeaturePyramid, GatedFullyFusion
+from keras_fusionseg.models.heads import (
+    TINY_RESNET,
+    aux_fcn_outputs,
+    check_bool,
+    check_dropout,
+    classifier,
+    conv_bn_relu,
+    model_tail,
+    psp_head,
+    pyramid_level,
+)
+from keras_fusionseg.models.registry import register_model
 
 GFF_LEVELS = ("P2", "P3", "P4", "P5")
-
-
-def check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
-
-
-def check_dropout(value):
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1:
-        raise ValueError(f"`dropout` must be a float in [0, 1), received {value!r}.")
-
-
-def pyramid_level(backbone, key, model_name):
-    """The backbone's feature map `key`, with an error naming the model if it is missing."""
-    if key not in backbone.pyramid_outputs:
-        raise ValueError(
-            f"`{model_name}` needs the backbone's {key!r} features; its `pyramid_outputs` has "
-            f"{sorted(backbone.pyramid_outputs)}."
-        )
-    return backbone.pyramid_outputs[key]
-
-
-def conv_bn_relu(filters, kernel_size, name):
-    """Head conv-BN-ReLU with the PyTorch-style BN settings of the GFF/FastFCN references."""
-    return ConvBNReLU(
-        filters, kernel_size, bn_momentum=HEAD_BN_MOMENTUM, bn_epsilon=HEAD_BN_EPSILON, name=name
-    )
-
-
-def classifier(x, num_classes, dropout, name):
-    """Channel dropout then a 1x1 conv with bias to class logits (PSPNet / EncNet heads).
-
-    The PSPNet, EncNet, FastFCN and GFF references drop whole feature maps before their
-    classifiers (2-D "spatial" dropout), not single activations.
-    """
-    if dropout:
-        x = keras.layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(x)
-    return keras.layers.Conv2D(num_classes, 1, name=name)(x)
-
-
-def psp_head(features, bins, width, name):
-    """PSPNet head body: pyramid pooling, then a 3x3 conv-BN-ReLU to `width` channels."""
-    x = PyramidPooling(
-        bins=bins, bn_momentum=HEAD_BN_MOMENTUM, bn_epsilon=HEAD_BN_EPSILON, name=f"{name}_pooling"
-    )(features)
-    return conv_bn_relu(width, 3, f"{name}_bottleneck")(x)
-
-
-def fcn_aux_head(features, num_classes, width, dropout, name):
-    """Auxiliary FCN head (PSPNet / EncNet): 3x3 conv-BN-ReLU, dropout, 1x1 logits.
-
-    Its logits stay at the feature resolution; training resizes the labels to them.
-    """
-    x = conv_bn_relu(width, 3, f"{name}_conv")(features)
-    return classifier(x, num_classes, dropout, f"{name}_logits")
-
-
-def segmentation_model(backbone, logits, aux, aux_outputs, loss_weights, loss_kinds, name):
-    """Resizes `logits` to the input, names the outputs and attaches `loss_spec`."""
-    image = backbone.inputs[0]
-    logits = ResizeToReference(name="upsample_logits")([logits, image])
-    outputs, loss_spec = finalize_outputs(logits, aux, aux_outputs, loss_weights, loss_kinds)
-    inputs = backbone.inputs[0] if len(backbone.inputs) == 1 else backbone.inputs
-    model = keras.Model(inputs, outputs, name=name)
-    model.loss_spec = loss_spec
-    return model
 
 
 @register_model(
@@ -128,12 +67,14 @@ def pspnet(
     check_dropout(dropout)
     x = psp_head(pyramid_level(backbone, "P5", "pspnet"), bins, head_width, "psp")
     logits = classifier(x, num_classes, dropout, "logits_conv")
-    aux = {}
-    if aux_outputs:
-        p4 = pyramid_level(backbone, "P4", "pspnet")
-        aux["aux"] = fcn_aux_head(p4, num_classes, aux_width, dropout, "aux")
-    return segmentation_model(
-        backbone, logits, aux, aux_outputs, {"aux": aux_weight}, None, "pspnet"
+    return model_tail(
+        backbone,
+        logits,
+        name="pspnet",
+        num_classes=num_classes,
+        aux=aux_fcn_outputs(backbone, aux_outputs, num_classes, aux_width, dropout, "pspnet"),
+        aux_outputs=aux_outputs,
+        loss_weights={"aux": aux_weight},
     )
 
 
@@ -196,8 +137,7 @@ def gffnet(
         ("aux_width", aux_width),
     ):
         check_positive_int(name, value)
-    if not isinstance(use_dfp, bool):
-        raise ValueError(f"`use_dfp` must be a bool, received {use_dfp!r}.")
+    check_bool("use_dfp", use_dfp)
     check_dropout(dropout)
     stages = [pyramid_level(backbone, key, "gffnet") for key in GFF_LEVELS]
     context = psp_head(stages[-1], bins, head_width, "psp")
@@ -232,12 +172,14 @@ def gffnet(
         ]
         x = keras.layers.Concatenate(name="gff_concat")([*resized, finest])
     logits = classifier(x, num_classes, dropout, "logits_conv")
-    aux = {}
-    if aux_outputs:
-        p4 = pyramid_level(backbone, "P4", "gffnet")
-        aux["aux"] = fcn_aux_head(p4, num_classes, aux_width, dropout, "aux")
-    return segmentation_model(
-        backbone, logits, aux, aux_outputs, {"aux": aux_weight}, None, "gffnet"
+    return model_tail(
+        backbone,
+        logits,
+        name="gffnet",
+        num_classes=num_classes,
+        aux=aux_fcn_outputs(backbone, aux_outputs, num_classes, aux_width, dropout, "gffnet"),
+        aux_outputs=aux_outputs,
+        loss_weights={"aux": aux_weight},
     )
 
 

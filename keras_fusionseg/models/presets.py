@@ -243,11 +243,22 @@ def load_model_files(folder, weights_file=WEIGHTS_FILE, *, sha256=None, preset=N
 
 
 def inference_model(model):
-    """`model` with only its logits output (auxiliary training outputs dropped)."""
+    """`model` with only its logits output (auxiliary training outputs dropped); a
+    `SegmentationModel` stays one, its description kept (with `aux_outputs` False)."""
+    from keras_fusionseg.models.segmentation_model import SegmentationModel
+
     outputs = model.output
     if isinstance(outputs, dict):
         if "logits" not in outputs:
             raise ValueError(f"A dict-output model needs a 'logits' output, got {sorted(outputs)}.")
+        if isinstance(model, SegmentationModel):
+            return SegmentationModel(
+                model.inputs,
+                outputs["logits"],
+                name=model.name,
+                build_arguments={**model.build_arguments, "aux_outputs": False},
+                dataset=model.dataset,
+            )
         return keras.Model(model.inputs, outputs["logits"], name=model.name)
     return model
 

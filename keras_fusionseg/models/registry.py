@@ -1,9 +1,11 @@
-"""Model registry and `build`: every model is a functional `keras.Model`.
+"""Model registry and `build`: every model is a `SegmentationModel` (a functional `keras.Model`).
 
 A model builder receives a backbone (see `keras_fusionseg.backbones.registry` for the contract)
-and returns a `keras.Model` from the backbone's input to logits at input resolution,
-(batch, H, W, num_classes), float32. With `aux_outputs=True` the model returns a dict
-`{"logits": ..., <aux name>: ...}` and `model.loss_spec` says how training uses each output.
+and returns a model from the backbone's input to logits at input resolution,
+(batch, H, W, num_classes), float32, made by `models.heads.model_tail`. With
+`aux_outputs=True` the model returns a dict `{"logits": ..., <aux name>: ...}` and
+`model.loss_spec` says how training uses each output. `build` records its arguments in the
+model (`model.build_arguments`), so a saved model says what it is.
 """
 
 import dataclasses
@@ -13,9 +15,12 @@ from collections.abc import Callable
 import keras
 
 from keras_fusionseg.backbones.registry import build_backbone, check_output_stride
-
-SEGMENTATION = "segmentation"  # per-pixel logits (any resolution); label resized by nearest
-PRESENCE = "presence"  # per-image class-presence logits (EncNet SE-loss), binary CE
+from keras_fusionseg.models.heads import backbone_output_stride, finalize_outputs  # noqa: F401
+from keras_fusionseg.models.segmentation_model import (  # noqa: F401  (re-exported)
+    PRESENCE,
+    SEGMENTATION,
+    SegmentationModel,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,33 +84,6 @@ def get_model_spec(name):
     return _MODELS[name]
 
 
-def finalize_outputs(logits, aux=None, aux_outputs=False, loss_weights=None, loss_kinds=None):
-    """Casts outputs to float32 (safe under mixed precision) and names them.
-
-    Args:
-        logits: main per-pixel logits at input resolution.
-        aux: dict name -> tensor of auxiliary outputs (ignored unless `aux_outputs`).
-        aux_outputs: bool, return a dict with the auxiliary outputs.
-        loss_weights: dict name -> float weight of each auxiliary loss.
-        loss_kinds: dict name -> `SEGMENTATION` or `PRESENCE` (default `SEGMENTATION`).
-
-    Returns:
-        (outputs, loss_spec): outputs for `keras.Model`, and a dict
-        name -> (kind, weight) including `"logits": (SEGMENTATION, 1.0)`.
-    """
-    main = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    loss_spec = {"logits": (SEGMENTATION, 1.0)}
-    if not aux_outputs:
-        return main, loss_spec
-    outputs = {"logits": main}
-    loss_weights = loss_weights or {}
-    loss_kinds = loss_kinds or {}
-    for key, tensor in (aux or {}).items():
-        outputs[key] = keras.layers.Activation("linear", dtype="float32", name=key)(tensor)
-        loss_spec[key] = (loss_kinds.get(key, SEGMENTATION), float(loss_weights.get(key, 0.4)))
-    return outputs, loss_spec
-
-
 def build(
     name,
     *,
@@ -142,7 +120,8 @@ def build(
         **options: model-specific options (see each builder's docstring).
 
     Returns:
-        A functional `keras.Model` with attribute `loss_spec`.
+        A `SegmentationModel` (functional) with `loss_spec` and `build_arguments`, which
+        `.keras` files keep.
     """
     spec = get_model_spec(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -175,8 +154,30 @@ def build(
     model = spec.builder(
         backbone_model, num_classes=num_classes, aux_outputs=aux_outputs, **options
     )
-    if not hasattr(model, "loss_spec"):
-        model.loss_spec = {"logits": (SEGMENTATION, 1.0)}
+    if not isinstance(model, SegmentationModel):  # a builder registered from outside
+        model = SegmentationModel(
+            model.inputs[0] if len(model.inputs) == 1 else model.inputs,
+            model.output,
+            name=model.name,
+            loss_spec=getattr(model, "loss_spec", None),
+        )
+    if backbone_model is backbone:
+        backbone_record = {"name": backbone.name, "class": type(backbone).__name__}
+        backbone_options, output_stride = None, backbone_output_stride(backbone)
+        input_shape = tuple(backbone.inputs[0].shape[1:])
+    else:
+        backbone_record = backbone or spec.default_backbone
+        backbone_options = {**defaults, **(backbone_options or {})}
+    model.build_arguments = {
+        "model": name,
+        "num_classes": num_classes,
+        "input_shape": input_shape,
+        "backbone": backbone_record,
+        "backbone_options": backbone_options,
+        "output_stride": output_stride,
+        "aux_outputs": aux_outputs,
+        "options": options,
+    }
     if weights is not None:
         load_model_weights(model, weights)
     return model
