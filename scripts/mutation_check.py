@@ -173,7 +173,7 @@ MUTANTS = (
     ),
     Mutant(
         "psp_bottleneck_1x1",
-        "keras_fusionseg/models/gff.py",
+        "keras_fusionseg/models/heads.py",
         'return conv_bn_relu(width, 3, f"{name}_bottleneck")(x)',
         'return conv_bn_relu(width, 1, f"{name}_bottleneck")(x)',
         ("tests/test_pspnet_model.py",),
@@ -371,7 +371,7 @@ MUTANTS = (
     ),
     Mutant(
         "logits_follow_the_dtype_policy",
-        "keras_fusionseg/models/registry.py",
+        "keras_fusionseg/models/heads.py",
         'main = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)',
         'main = keras.layers.Activation("linear", name="logits")(logits)',
         (
