@@ -12,7 +12,7 @@ import time
 
 from absl import app, flags
 
-from keras_fusionseg.data import tfrecords
+from keras_fusionseg.data import sources, tfrecords
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -35,7 +35,7 @@ flags.mark_flags_as_required(["source", "output"])
 def main(argv):
     del argv
     start = time.time()
-    examples = tfrecords.examples_from_source(
+    examples = sources.examples_from_source(
         FLAGS.source,
         FLAGS.split,
         data_dir=FLAGS.data_dir,

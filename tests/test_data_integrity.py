@@ -9,7 +9,7 @@ from PIL import Image
 from test_data_sources import _read_all, make_folder
 
 from keras_fusionseg import data
-from keras_fusionseg.data import integrity, tfrecords
+from keras_fusionseg.data import integrity, sources, tfrecords
 
 
 def _encode(array, fmt, **options):
@@ -65,7 +65,7 @@ def test_writer_and_reader_agree_and_name_the_file(tmp_path, rng, index):
     suffix = "jpg" if "jpeg" in name else "png"
     path = root / f"images/train/img1.{suffix}"
     path.write_bytes(encoded)
-    examples = data.tfrecords.examples_from_source(str(root), "train")
+    examples = sources.examples_from_source(str(root), "train")
     if expected is None:
         _read_all(str(root))  # the folder reader accepts it
         paths, count = tfrecords.write_tfrecords(examples, tmp_path / "out.tfrecord")
@@ -90,7 +90,7 @@ def test_writer_refuses_jpeg_damaged_inside_by_name(tmp_path, rng):
     assert integrity.image_problem(bytes(jpeg)) is None
     with pytest.raises(ValueError, match=r"Corrupt .*img0\.jpg"):
         tfrecords.write_tfrecords(
-            tfrecords.examples_from_source(str(root), "train"), tmp_path / "o.tfrecord"
+            sources.examples_from_source(str(root), "train"), tmp_path / "o.tfrecord"
         )
 
 
@@ -98,7 +98,7 @@ def test_writer_refuses_jpeg_damaged_inside_by_name(tmp_path, rng):
 def shards(tmp_path, rng):
     root = make_folder(tmp_path / "ds", rng, count=4)
     paths, _ = tfrecords.write_tfrecords(
-        tfrecords.examples_from_source(str(root), "train"), tmp_path / "t.tfrecord", num_shards=2
+        sources.examples_from_source(str(root), "train"), tmp_path / "t.tfrecord", num_shards=2
     )
     return paths
 

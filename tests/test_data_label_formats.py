@@ -7,7 +7,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_fusionseg import data
-from keras_fusionseg.data import registry, tfrecords
+from keras_fusionseg.data import registry, sources, tfrecords
 
 
 def _folder(root, rng, save_label, values):
@@ -39,7 +39,7 @@ def _folder_labels(root):
 
 
 def _tfrecord_labels(root, tmp_path):
-    examples = tfrecords.examples_from_source(str(root), "train")
+    examples = sources.examples_from_source(str(root), "train")
     tfrecords.write_tfrecords(examples, tmp_path / "out.tfrecord")
     read = data.load_split(str(tmp_path / "out-*.tfrecord"), "train")
     return [e["label"][..., 0] for e in read.as_numpy_iterator()]
@@ -59,4 +59,4 @@ def test_16_bit_values_above_255_are_refused_naming_the_file(tmp_path, rng):
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)above 255.*labels/train/a.png"):
         _folder_labels(tmp_path / "ds")
     with pytest.raises(ValueError, match=r"outside 0..255 in .*labels/train/a.png.*largest 300"):
-        list(tfrecords.examples_from_source(str(tmp_path / "ds"), "train"))
+        list(sources.examples_from_source(str(tmp_path / "ds"), "train"))

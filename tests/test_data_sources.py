@@ -11,7 +11,7 @@ from conftest import shared_dataset
 from PIL import Image
 
 from keras_fusionseg import data
-from keras_fusionseg.data import registry, tfrecords
+from keras_fusionseg.data import registry, sources, tfrecords
 from keras_fusionseg.training.config import default_config, validate_config
 
 
@@ -48,7 +48,7 @@ def _assert_same(first, second):
 
 def _round_trip(source, split, tmp_path, num_shards=2, **kwargs):
     original = _elements(data.load_split(source, split, **kwargs))
-    examples = tfrecords.examples_from_source(source, split, **kwargs)
+    examples = sources.examples_from_source(source, split, **kwargs)
     paths, count = tfrecords.write_tfrecords(examples, tmp_path / "out.tfrecord", num_shards)
     assert count == len(original) and len(paths) == num_shards
     read = _elements(data.load_split(str(tmp_path / "out-*.tfrecord"), split))
@@ -110,7 +110,7 @@ def test_shared_data_round_trip(tmp_path):
 
 def test_resize_long_side(tmp_path, rng):
     root = make_folder(tmp_path / "ds", rng, size=(20, 40))
-    examples = tfrecords.examples_from_source(str(root), "train", resize_long_side=10)
+    examples = sources.examples_from_source(str(root), "train", resize_long_side=10)
     tfrecords.write_tfrecords(examples, tmp_path / "small.tfrecord")
     element = _elements(data.load_split(str(tmp_path / "small-*.tfrecord"), "train"))[0]
     assert element["image"].shape == (5, 10, 3) and element["label"].shape == (5, 10, 1)
@@ -121,7 +121,7 @@ def test_failed_write_leaves_no_shard(tmp_path, rng):
     root = make_folder(tmp_path / "ds", rng, count=4)
     (root / "images/train/img2.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     out = tmp_path / "out"
-    examples = tfrecords.examples_from_source(str(root), "train")
+    examples = sources.examples_from_source(str(root), "train")
     with pytest.raises(ValueError, match="img2.png"):
         tfrecords.write_tfrecords(examples, out / "train.tfrecord", num_shards=2)
     assert os.listdir(out) == []
@@ -260,7 +260,7 @@ def test_label_size_mismatch_names_file(tmp_path, rng):
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)Label size differs.*img0.png"):
         _read_all(str(root))
     with pytest.raises(ValueError, match=r"Label size differs.*img0.png"):
-        list(tfrecords.examples_from_source(str(root), "train"))
+        list(sources.examples_from_source(str(root), "train"))
 
 
 def test_label_out_of_range_names_file(tmp_path, rng):
@@ -272,7 +272,7 @@ def test_label_out_of_range_names_file(tmp_path, rng):
     ):
         _read_all(str(root))
     with pytest.raises(ValueError, match=r"out of range in .*img1.png.*\[7\]"):
-        list(tfrecords.examples_from_source(str(root), "train"))
+        list(sources.examples_from_source(str(root), "train"))
     _read_all(str(root), num_classes=8)  # fine once 7 is a class
 
 
@@ -287,7 +287,7 @@ def test_unexpected_channel_count_names_file(tmp_path, rng, which):
     with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
         _read_all(str(root))
     with pytest.raises(ValueError, match=rf"Unexpected channel count in {which}.*img1.png"):
-        list(tfrecords.examples_from_source(str(root), "train"))
+        list(sources.examples_from_source(str(root), "train"))
 
 
 def test_unpaired_files_are_listed(tmp_path, rng):
@@ -331,3 +331,129 @@ def test_tfrecord_without_required_key_names_record(tmp_path, rng, missing):
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
         _read_all(paths[0])
+
+
+def _module_imports(module):
+    """Modules of the `keras_fusionseg.data` package that `module` imports (any depth)."""
+    import ast
+
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {name.rsplit(".", 1)[-1] for name in names if name.startswith("keras_fusionseg.data")}
+
+
+def test_data_modules_import_one_way():
+    # registry <- tfrecords <- sources <- pipeline: the file format never asks where data
+    # comes from, and the registry asks neither.
+    assert "sources" not in _module_imports(tfrecords)
+    assert not {"sources", "tfrecords"} & _module_imports(registry)
+
+
+def test_one_resolver_decides_every_source_kind(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng)
+    (tmp_path / "train.txt").write_text("ds/images/train/img0.png ds/labels/train/img0.png\n")
+    paths, _ = tfrecords.write_tfrecords(
+        sources.examples_from_source(str(root), "train"), tmp_path / "train.tfrecord"
+    )
+    kinds = {
+        "synthetic_shapes": "synthetic",
+        str(root): "folder",
+        str(tmp_path / "{split}.txt"): "list_file",
+        str(tmp_path / "{split}-*.tfrecord"): "tfrecord",
+    }
+    for source, kind in kinds.items():
+        resolved = sources.resolve_source(source, "train")
+        assert resolved.kind == kind
+    assert sources.resolve_source(str(tmp_path / "{split}-*.tfrecord"), "train").pattern == str(
+        tmp_path / "train-*.tfrecord"
+    )
+    city = sources.resolve_source("cityscapes", "train", data_dir=root)
+    assert city.kind == "registered" and city.label_map is not None and city.num_classes == 19
+    # load_split and examples_from_source decide alike: unknown options are refused by both.
+    for read in (data.load_split, lambda *a, **k: list(sources.examples_from_source(*a, **k))):
+        with pytest.raises(ValueError, match=r"Unknown options \['size'\]"):
+            read(str(root), "train", size=3)
+
+
+def test_examples_from_source_honours_apply_label_map(tmp_path, rng):
+    root = tmp_path / "city"
+    _save(root / "images/val/a.png", rng.integers(0, 256, (4, 4, 3), np.uint8))
+    _save(root / "labels/val/a.png", np.array([[7, 8, 0, 33]] * 4, np.uint8))
+    for apply_label_map, expected in ((True, [0, 1, 255, 18]), (False, [7, 8, 0, 33])):
+        examples = sources.examples_from_source(
+            "cityscapes", "val", data_dir=root, apply_label_map=apply_label_map
+        )
+        tfrecords.write_tfrecords(examples, tmp_path / f"{apply_label_map}.tfrecord")
+        (element,) = _elements(data.load_split(str(tmp_path / f"{apply_label_map}-*"), "val"))
+        np.testing.assert_array_equal(element["label"][0, :, 0], expected)
+
+
+def test_encoded_split_is_explicit_and_decodes_after_the_shuffle(tmp_path, rng):
+    root = make_folder(tmp_path / "ds", rng, count=4)
+    tfrecords.write_tfrecords(
+        sources.examples_from_source(str(root), "train"), tmp_path / "t.tfrecord", num_shards=2
+    )
+    for source in (str(root), str(tmp_path / "t-*.tfrecord")):
+        encoded = data.load_encoded_split(source, "train")
+        # Folder records are (image path, label path): nothing is decoded until `decode`.
+        assert encoded.decode is not None
+        decoded = data.load_split(source, "train")
+        assert not hasattr(decoded, "_fusionseg_encoded")
+        _assert_same(_elements(encoded.dataset()), _elements(decoded))
+        batches = [
+            list(
+                data.training_pipeline(
+                    ds, crop_size=8, batch_size=2, seed=3, deterministic=True, repeat=True
+                )
+                .take(3)
+                .as_numpy_iterator()
+            )
+            for ds in (encoded, decoded, decoded.map(lambda e: e))
+        ]
+        for other in batches[1:]:
+            for (image, label), (other_image, other_label) in zip(batches[0], other, strict=True):
+                np.testing.assert_array_equal(image, other_image)
+                np.testing.assert_array_equal(label, other_label)
+
+
+def test_every_file_source_knows_its_length(tmp_path, rng):
+    # The evaluation progress bar shows "n/total" only when the dataset's length is known.
+    root = make_folder(tmp_path / "ds", rng, count=3)
+    tfrecords.write_tfrecords(
+        sources.examples_from_source(str(root), "train"), tmp_path / "t.tfrecord", num_shards=2
+    )
+    (tmp_path / "train.txt").write_text("ds/images/train/img0.png ds/labels/train/img0.png\n")
+    expected = {str(root): 3, str(tmp_path / "t-*.tfrecord"): 3, str(tmp_path / "train.txt"): 1}
+    for source, count in expected.items():
+        ds = data.load_split(source, "train")
+        assert int(ds.cardinality()) == count
+        assert int(data.eval_pipeline(ds).cardinality()) == count
+        assert len(list(ds)) == count
+
+
+def test_evaluation_progress_bar_knows_its_total(tmp_path, rng, capsys):
+    import re
+
+    import keras
+
+    from keras_fusionseg.evaluation import evaluator
+
+    root = make_folder(tmp_path / "ds", rng, count=3)
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 1)])
+    for max_images, shown in ((0, "3/3"), (2, "2/2")):
+        capsys.readouterr()
+        evaluator.evaluate(
+            model,
+            data.eval_pipeline(data.load_split(str(root), "train")),
+            num_classes=4,
+            max_images=max_images,
+            verbose=1,
+        )
+        output = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+        assert shown in output and "Unknown" not in output, output

@@ -9,6 +9,10 @@ train = data.training_pipeline(
 val = data.eval_pipeline(data.load_split("synthetic_shapes", "val"))
 info = data.get_dataset_info("synthetic_shapes")  # num_classes, class_names, palette, ...
 ```
+
+For file sources, `data.load_encoded_split` (same arguments) hands `training_pipeline` the
+stored records, which it shuffles before decoding; `data.resolve_source` says what a source
+name means.
 """
 
 from keras_fusionseg.data.pipeline import (
@@ -23,16 +27,24 @@ from keras_fusionseg.data.registry import (
     list_datasets,
     register_dataset,
 )
-from keras_fusionseg.data.sources import load_split
+from keras_fusionseg.data.sources import (
+    EncodedSplit,
+    load_encoded_split,
+    load_split,
+    resolve_source,
+)
 
 __all__ = [
     "DEFAULT_COLOR_JITTER",
     "IGNORE_LABEL",
     "DatasetInfo",
+    "EncodedSplit",
     "eval_pipeline",
     "get_dataset_info",
     "list_datasets",
+    "load_encoded_split",
     "load_split",
     "register_dataset",
+    "resolve_source",
     "training_pipeline",
 ]

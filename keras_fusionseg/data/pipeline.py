@@ -17,7 +17,7 @@ import random
 import tensorflow as tf
 
 from keras_fusionseg.data.registry import IGNORE_LABEL
-from keras_fusionseg.data.sources import encoded_form
+from keras_fusionseg.data.sources import EncodedSplit
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -219,7 +219,8 @@ def training_pipeline(
 
     Args:
         ds: dataset of `{"image": uint8 [H, W, C], "label": uint8 [H, W, 1], ...}`, e.g.
-            from `load_split` (whose records are then shuffled before decoding).
+            from `load_split`, or an `EncodedSplit` from `load_encoded_split`, whose records
+            are then shuffled before decoding (same batches, a cheaper shuffle buffer).
         crop_size: int or (height, width) of the training crops.
         batch_size: int.
         scale_range: (min, max) random scale factors, or None for no scaling.
@@ -256,10 +257,10 @@ def training_pipeline(
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
 
-    encoded = encoded_form(ds)
     decode = None
-    if encoded is not None and not cache:
-        ds, decode = encoded
+    if isinstance(ds, EncodedSplit):
+        # Cached: decode once, before the cache. Otherwise decode after the shuffle.
+        ds, decode = (ds.dataset(), None) if cache else (ds.records, ds.decode)
     if cache:
         ds = ds.cache()
     if repeat:
@@ -306,7 +307,8 @@ def eval_pipeline(
     `ignore_label`, so padding never counts in metrics.
 
     Args:
-        ds: dataset of `{"image", "label", ...}` (e.g. from `load_split`).
+        ds: dataset of `{"image", "label", ...}` (e.g. from `load_split`), or an
+            `EncodedSplit`.
         batch_size: int.
         channels: 3 (grayscale becomes RGB), 1, or None.
         ignore_label: int, label value of padding.
@@ -318,6 +320,8 @@ def eval_pipeline(
     """
     _check_positive_int("batch_size", batch_size)
     _check_channels(channels)
+    if isinstance(ds, EncodedSplit):
+        ds = ds.dataset()
 
     def prepare(example):
         image = tf.cast(to_channels(example["image"], channels), tf.float32)

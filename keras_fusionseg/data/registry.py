@@ -12,6 +12,13 @@ import os
 import numpy as np
 
 IGNORE_LABEL = 255
+_TFRECORD_MARKERS = (".tfrecord", ".tfrec", ".record", "*", "?", "[")
+
+
+def is_tfrecord(source):
+    """Whether a source name means TFRecord files: a `.tfrecord`/`.tfrec`/`.record` name or a
+    glob (`*`, `?`, `[`) in its last path component."""
+    return any(marker in os.path.basename(os.fspath(source)) for marker in _TFRECORD_MARKERS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # array fields: compare by identity
@@ -127,8 +134,6 @@ def get_dataset_info(name, *, num_classes=None, class_names=None):
     Returns:
         A `DatasetInfo`.
     """
-    from keras_fusionseg.data.sources import is_tfrecord
-
     if name in _DATASETS:
         return _DATASETS[name]
     if isinstance(name, str | os.PathLike) and os.path.isdir(name):

@@ -4,8 +4,12 @@ Files are interchangeable with that ecosystem: `image/encoded`, `image/format`,
 `image/height`, `image/width`, `image/filename`, `image/segmentation/class/encoded`,
 `image/segmentation/class/format`. Shards are written under a temporary name and renamed
 only when every shard is complete, so a failed run leaves no half-written shard.
+
+This module knows the file format only; `data.sources` decides which files a source names
+(`sources.examples_from_source` feeds `write_tfrecords`).
 """
 
+import glob
 import io
 import os
 import struct
@@ -14,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_fusionseg.data import integrity, registry, sources
+from keras_fusionseg.data import integrity
 from keras_fusionseg.data.decode import _assert, decode_example, decode_image
 from keras_fusionseg.data.registry import IGNORE_LABEL
 
@@ -173,61 +177,19 @@ def _check_decodes_like_the_reader(image_bytes, image_path):
         ) from None
 
 
-def example_from_arrays(image, label, filename):
-    """A `tf.train.Example` from uint8 arrays (image [H, W, C], label [H, W] or [H, W, 1])."""
+def example_from_arrays(image, label, filename, *, resize_long_side=None):
+    """A `tf.train.Example` from uint8 arrays (image [H, W, C], label [H, W] or [H, W, 1]),
+    shrunk when its long side exceeds `resize_long_side` (labels by nearest neighbour)."""
     image = np.asarray(image, dtype=np.uint8)
     label = np.asarray(label, dtype=np.uint8).reshape(image.shape[:2])
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
+    if resize_long_side:
+        image = _resized(image, resize_long_side, Image.BILINEAR)
+        label = _resized(label, resize_long_side, Image.NEAREST)
     return make_example(
         _png_bytes(image), "png", _png_bytes(label), image.shape[0], image.shape[1], filename
     )
-
-
-def examples_from_source(
-    source, split, *, data_dir=None, resize_long_side=None, num_classes=None, **options
-):
-    """`tf.train.Example`s of one split of any `load_split` source, checked on the way.
-
-    File sources (registered name with `data_dir`, folder, list file) are read with PIL and
-    their image bytes kept as they are; other sources (`synthetic_shapes`, `tfds:...`,
-    TFRecords) are decoded and re-encoded as PNG.
-    """
-    source = os.fspath(source)
-    pairs, label_map = None, None
-    if source in registry.list_datasets() and source != "synthetic_shapes":
-        if data_dir is None:
-            raise ValueError(f"Dataset {source!r} is read from a folder: pass `data_dir`.")
-        info = registry.get_dataset_info(source)
-        pairs, label_map = sources.folder_pairs(os.fspath(data_dir), split), info.label_map
-        num_classes = info.num_classes if num_classes is None else num_classes
-    elif os.path.isdir(source):
-        pairs = sources.folder_pairs(source, split)
-        if num_classes is None and os.path.isfile(os.path.join(source, "classes.txt")):
-            num_classes = registry.folder_dataset_info(source).num_classes
-    elif os.path.isfile(source.format(split=split)) and not sources.is_tfrecord(source):
-        pairs = sources.list_file_pairs(source.format(split=split))
-    if pairs is not None:
-        for image_path, label_path in pairs:
-            yield example_from_files(
-                image_path,
-                label_path,
-                resize_long_side=resize_long_side,
-                num_classes=num_classes,
-                label_map=label_map,
-            )
-        return
-    dataset = sources.load_split(
-        source, split, data_dir=data_dir, num_classes=num_classes, **options
-    )
-    for element in dataset.as_numpy_iterator():
-        image, label = element["image"], element["label"][..., 0]
-        if resize_long_side:
-            image = _resized(
-                image[..., 0] if image.shape[2] == 1 else image, resize_long_side, Image.BILINEAR
-            )
-            label = _resized(label, resize_long_side, Image.NEAREST)
-        yield example_from_arrays(image, label, element["filename"].decode())
 
 
 def shard_paths(output, num_shards):
@@ -277,6 +239,20 @@ def write_tfrecords(examples, output, num_shards=1):
 
 # ----------------------------------------------------------------------------------------
 # Reading
+
+
+def glob_files_or_empty(pattern):
+    """Sorted files matching `pattern` (a path or a glob)."""
+    files = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+    return [path for path in files if os.path.isfile(path)]
+
+
+def glob_files(pattern):
+    """Sorted files matching `pattern`, an error naming the pattern when there are none."""
+    files = glob_files_or_empty(pattern)
+    if not files:
+        raise ValueError(f"No TFRecord files match {pattern!r} (empty split).")
+    return files
 
 
 def _crc32c_table():
@@ -359,24 +335,38 @@ def tfrecord_dataset(pattern, *, num_classes=None, label_map=None, ignore_label=
 
     Shards are interleaved one record at a time in file order, which restores the order
     `write_tfrecords` received the examples in. Every shard's record framing is checked
-    first (`check_shard`). Errors name the shard, the record index and the stored file name; a
-    record that is not a `tf.train.Example` with these feature types, or one without
-    `image/encoded` or `image/segmentation/class/encoded`, is an error.
+    first (`check_shard`), which also counts the records: the dataset's cardinality is known.
+    Errors name the shard, the record index and the stored file name; a record that is not a
+    `tf.train.Example` with these feature types, or one without `image/encoded` or
+    `image/segmentation/class/encoded`, is an error.
     """
-    files = sources.glob_files(os.fspath(pattern))
-    for path in files:
-        check_shard(path)
-    records = tf.data.Dataset.from_tensor_slices(files).interleave(
-        lambda path: (
-            tf.data.TFRecordDataset(path)
-            .enumerate()
-            .map(lambda index, record: (path, index, record))
-            .flat_map(_parsed_or_flagged)
-        ),
-        cycle_length=len(files),
-        block_length=1,
-        num_parallel_calls=min(len(files), 4) if len(files) > 1 else None,
-        deterministic=True if len(files) > 1 else None,
+    records, decode = tfrecord_records(
+        pattern, num_classes=num_classes, label_map=label_map, ignore_label=ignore_label
+    )
+    return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def tfrecord_records(pattern, *, num_classes=None, label_map=None, ignore_label=IGNORE_LABEL):
+    """`(records, decode)`: the parsed records of `tfrecord_dataset` and the function decoding
+    one of them (`records.map(decode)` is `tfrecord_dataset`). Holding records instead of
+    decoded images, a shuffle buffer costs little (`data.sources.EncodedSplit`)."""
+    files = glob_files(os.fspath(pattern))
+    count = sum(check_shard(path) for path in files)
+    records = (
+        tf.data.Dataset.from_tensor_slices(files)
+        .interleave(
+            lambda path: (
+                tf.data.TFRecordDataset(path)
+                .enumerate()
+                .map(lambda index, record: (path, index, record))
+                .flat_map(_parsed_or_flagged)
+            ),
+            cycle_length=len(files),
+            block_length=1,
+            num_parallel_calls=min(len(files), 4) if len(files) > 1 else None,
+            deterministic=True if len(files) > 1 else None,
+        )
+        .apply(tf.data.experimental.assert_cardinality(count))
     )
 
     def decode(path, index, parsed, features):
@@ -428,4 +418,4 @@ def tfrecord_dataset(pattern, *, num_classes=None, label_map=None, ignore_label=
         example["filename"] = features[IMAGE_FILENAME]
         return example
 
-    return sources.lazy_dataset(records, decode)
+    return records, decode

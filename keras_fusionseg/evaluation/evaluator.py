@@ -40,6 +40,17 @@ def _image_and_label(element, index):
     return image, label
 
 
+def _image_count(dataset, max_images):
+    """How many images `evaluate` will read (the progress bar's total), or None if unknown."""
+    try:
+        count = len(dataset)  # datasets from `load_split` + `eval_pipeline` know it
+    except TypeError:  # a generator, or a dataset of unknown or infinite length
+        count = None
+    if max_images:
+        return max_images if count is None else min(count, max_images)
+    return count
+
+
 def evaluate(
     model,
     dataset,
@@ -94,7 +105,8 @@ def evaluate(
     predictor = inference.Predictor(model)
     confusion = np.zeros((num_classes, num_classes), np.float64)
     bands = {int(w): np.zeros_like(confusion) for w in trimap_widths}
-    progress = keras.utils.Progbar(max_images or None, verbose=verbose, unit_name="image")
+    total = _image_count(dataset, max_images)
+    progress = keras.utils.Progbar(total, verbose=verbose, unit_name="image")
     count = 0
     for index, element in enumerate(dataset):
         if max_images and count >= max_images:

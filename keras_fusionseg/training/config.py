@@ -130,7 +130,8 @@ def check_workdir(workdir):
 def _data_source_problems(config_data):
     """Problems with `data.name` and the class fields: registered name, folder or TFRecords."""
     from keras_fusionseg import data
-    from keras_fusionseg.data.sources import glob_files_or_empty, is_tfrecord
+    from keras_fusionseg.data.registry import is_tfrecord
+    from keras_fusionseg.data.tfrecords import glob_files_or_empty
 
     name, problems = config_data.name, []
     num_classes, class_names = config_data.num_classes, tuple(config_data.class_names)
