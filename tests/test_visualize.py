@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from keras_fusionseg.evaluation import ConfusionMatrixMetric, figures, write_reports
-from keras_fusionseg.export.visualize import overlay
+from keras_fusionseg.export.visualize import add_legend, overlay
 from keras_fusionseg.training.callbacks import PredictionOverlays, TrainingCurves
 
 NAMES = ["background", "rectangle", "circle", "ring", "triangle", "ellipse"]
@@ -159,3 +159,20 @@ def test_training_curves_without_matplotlib_keep_the_csv(tmp_path, monkeypatch, 
     assert not (tmp_path / "training_curves.png").exists()
     printed = [line for line in capsys.readouterr().out.splitlines() if "matplotlib" in line]
     assert len(printed) == 1 and "keras_fusionseg[plot]" in printed[0]
+
+
+def test_legend_draws_black_classes_transparent_as_overlays_do():
+    palette = np.array([[0, 0, 0], [255, 0, 0]], np.uint8)  # 0: black background
+    image = np.full((40, 30, 3), 90, np.uint8)
+    swatch = 12
+
+    def interiors(picture):  # inside the outline of each row's swatch (add_legend's layout)
+        x = 30 + 4
+        return [picture[y + 1 : y + swatch, x + 1 : x + swatch] for y in (4, 4 + swatch + 4)]
+
+    background, road = interiors(add_legend(image, ["background", "road"], palette))
+    assert not (background == 0).all(-1).any()  # no black pixel: a checkerboard
+    assert {tuple(c) for c in background.reshape(-1, 3)} == {(187, 187, 187), (255, 255, 255)}
+    assert (road == [255, 0, 0]).all()
+    dark, _ = interiors(add_legend(image, ["background", "road"], palette, clear_black=False))
+    assert (dark == 0).all()

@@ -55,8 +55,12 @@ def overlay(image, class_ids, palette, alpha=0.5, clear_black=True):
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
-def add_legend(image, class_names, palette, class_ids=None, swatch=12):
+def add_legend(image, class_names, palette, class_ids=None, swatch=12, clear_black=True):
     """Appends a legend column (colour swatch + class name) to the right of an RGB image.
+
+    As in `overlay`, classes coloured black are transparent (with `clear_black`): their
+    swatch is a grey and white checkerboard, not a black square (the demo page of
+    `scripts/serve.py` draws them the same way).
 
     Args:
         image: (H, W, 3) uint8.
@@ -64,6 +68,7 @@ def add_legend(image, class_names, palette, class_ids=None, swatch=12):
         palette: (num_classes, 3) colours.
         class_ids: optional iterable of the ids to list (e.g. those present); default all.
         swatch: int, swatch size in pixels.
+        clear_black: bool, show black classes as transparent (as `overlay` draws them).
     """
     image = Image.fromarray(np.asarray(image, np.uint8))
     ids = sorted(set(int(i) for i in np.unique(class_ids))) if class_ids is not None else None
@@ -83,6 +88,22 @@ def add_legend(image, class_names, palette, class_ids=None, swatch=12):
     for k, class_id in enumerate(ids):
         x, y = image.width + 4, 4 + k * row
         colour = tuple(int(c) for c in palette[class_id])
-        draw.rectangle([x, y, x + swatch, y + swatch], fill=colour, outline=(0, 0, 0))
+        if clear_black and not any(colour):
+            _checkerboard(draw, x, y, swatch)
+            draw.rectangle([x, y, x + swatch, y + swatch], outline=(0, 0, 0))
+        else:
+            draw.rectangle([x, y, x + swatch, y + swatch], fill=colour, outline=(0, 0, 0))
         draw.text((x + swatch + 4, y), class_names[class_id], fill=(0, 0, 0))
     return np.asarray(canvas)
+
+
+CHECKER_COLOURS = ((187, 187, 187), (255, 255, 255))  # a transparent swatch's squares
+
+
+def _checkerboard(draw, x, y, size, cell=4):
+    """Fills the square [x, x + size] x [y, y + size] with grey and white `cell`-pixel squares."""
+    for top in range(y, y + size + 1, cell):
+        for left in range(x, x + size + 1, cell):
+            colour = CHECKER_COLOURS[((top - y) // cell + (left - x) // cell) % 2]
+            right, bottom = min(left + cell - 1, x + size), min(top + cell - 1, y + size)
+            draw.rectangle([left, top, right, bottom], fill=colour)
