@@ -6,6 +6,13 @@
     curl localhost:8501/v1/models/shapes
     printf '{"instances": [{"b64": "%s"}]}' "$(base64 -w0 image.png)" > request.json
     curl -d @request.json localhost:8501/v1/models/shapes:predict
+    # or open http://localhost:8501/ in a browser: the demo page (--nodemo_page: off)
+
+The demo page at `/` lets a person pick or drop an image and see the colour overlay, the
+legend and the share of the image each class covers, through the same predict API; it needs
+no external assets. Class names and colours come from the preset, else from --dataset, the
+export's `export_config.json` or the workdir's `config.json`, else generic ("class k" for
+--num_classes or 256 ids, PASCAL VOC colours).
 
 --preset serves a preset shipped with the package: it is exported first (whole-image size
 policy, as `scripts/export.py --preset`) to a temporary folder removed when the server stops.
@@ -32,6 +39,13 @@ _PRESET = flags.DEFINE_string(
 flags.mark_flags_as_mutual_exclusive(["saved_model", "preset"], required=True)
 _MODEL_NAME = flags.DEFINE_string(
     "model_name", None, "The <name> in /v1/models/<name> (default: the preset, or 'segmenter')."
+)
+_DEMO_PAGE = flags.DEFINE_bool("demo_page", True, "Serve the demo page at /.")
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "Registered dataset whose class names and colours the demo page shows."
+)
+_NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes", None, "Without a known dataset: the page's generic class names."
 )
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (loopback by default).")
 _PORT = flags.DEFINE_integer("port", 8501, "Port (8501 is TF Serving's REST port; 0 = any).")
@@ -60,27 +74,46 @@ def main(argv):
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="preset_saved_model_") as scratch:
-        saved_model_dir = _SAVED_MODEL.value
+        saved_model_dir, labels = _SAVED_MODEL.value, None
         if _PRESET.value:
-            saved_model_dir = export_preset(_PRESET.value, scratch)
-        serve(saved_model_dir)
+            saved_model_dir, labels = export_preset(_PRESET.value, scratch)
+        serve(saved_model_dir, labels)
 
 
 def export_preset(preset, folder):
-    """Exports preset `preset` as a SavedModel in `folder` and returns its path."""
+    """Exports preset `preset` as a SavedModel in `folder`; returns its path and the preset's
+    (class names, palette)."""
     from keras_fusionseg import export
     from keras_fusionseg.models import presets
 
-    model, _ = presets.load_checkpoint_or_preset(preset=preset)
+    model, metadata = presets.load_checkpoint_or_preset(preset=preset)
     path = os.path.join(folder, "saved_model")
     export.export_saved_model(model, path)
-    return path
+    return path, presets.class_names_and_palette(metadata)
 
 
-def serve(saved_model_dir):
+def page_labels(saved_model_dir, labels=None):
+    """(class names, palette) for the demo page: --dataset first, then `labels` (a preset's),
+    then the dataset recorded next to the SavedModel, else generic ones."""
+    from keras_fusionseg.export import predict_files
+
+    if _DATASET.value:
+        return predict_files.class_names_and_palette(_DATASET.value)
+    if labels is not None:
+        return labels
+    dataset = predict_files.dataset_name_for(saved_model_dir)
+    if dataset:
+        try:
+            return predict_files.class_names_and_palette(dataset)
+        except (KeyError, ValueError) as error:
+            logging.warning("No class names for dataset %r (%s): generic ones.", dataset, error)
+    return predict_files.class_names_and_palette(None, _NUM_CLASSES.value)
+
+
+def serve(saved_model_dir, labels=None):
     import threading
 
-    from keras_fusionseg.export.serving import PredictionService, make_server
+    from keras_fusionseg.export.serving import DemoPage, PredictionService, make_server
 
     model_name = _MODEL_NAME.value
     if model_name is None:
@@ -94,6 +127,7 @@ def serve(saved_model_dir):
         max_batch=_MAX_BATCH.value,
         max_concurrent=_MAX_CONCURRENT.value,
     )
+    demo = DemoPage(*page_labels(saved_model_dir, labels)) if _DEMO_PAGE.value else None
     server = make_server(
         service,
         _HOST.value,
@@ -104,8 +138,11 @@ def serve(saved_model_dir):
         connection_limit=_CONNECTION_LIMIT.value,
         channel_timeout=_CHANNEL_TIMEOUT.value,
         verbose=True,
+        demo=demo,
     )
     print(f"Serving {model_name!r} at {server.url}/v1/models/{model_name}", flush=True)
+    if demo is not None:
+        print(f"Demo page: {server.url}/", flush=True)
     if _STOP_AFTER.value > 0:
         threading.Timer(_STOP_AFTER.value, server.shutdown).start()
     try:

@@ -11,6 +11,11 @@ Clients written for TF Serving work unchanged:
 A malformed request, a wrong dtype or an oversized image is answered with 400 and
 `{"error": "..."}` and the server keeps serving.
 
+With `demo=DemoPage(...)` (as `scripts/serve.py` does) the application also serves a demo
+page at `/`: a person picks or drops an image and sees the colour overlay, the class legend and
+the area of each class, computed from this same predict API (static files in `static/`, no
+external assets; `GET /demo/config.json` gives the page the class names and palette).
+
 Three layers, each usable alone: `PredictionService` turns a request body into a response
 (no HTTP), `RestApplication` is the WSGI routing around it, and `make_server` /
 `running_server` put it on waitress (the optional `serve` extra). Waitress was chosen because
@@ -27,6 +32,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import socket
 import sys
@@ -40,6 +46,7 @@ from PIL import Image
 
 from keras_fusionseg.export.saved_model import IMAGE_KEY
 
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _ROUTE = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(?::(predict)|/(metadata))?$")
 
 
@@ -315,6 +322,88 @@ def _format(outputs, rows):
     return {"outputs": columns[keys[0]] if len(keys) == 1 else columns}
 
 
+# --- the demo page ------------------------------------------------------------------------------
+
+_PAGE_FILES = {  # URL path -> (file in static/, content type)
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/demo/demo.js": ("demo.js", "text/javascript; charset=utf-8"),
+    "/demo/demo.css": ("demo.css", "text/css; charset=utf-8"),
+}
+# The page may load only this server's files: no external assets, no inline script, no framing.
+_PAGE_HEADERS = [
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-cache"),
+]
+PAGE_MAX_PIXELS = 1 << 20
+
+
+class DemoPage:
+    """The browser demo that `RestApplication` serves at `/` (files in `static/`).
+
+    The page reads `GET /demo/config.json` (model name, class names, palette, limits), sends
+    the chosen image to `POST /v1/models/<name>:predict` as `{"instances": [{"b64": ...}]}`
+    and draws the overlay as `visualize.overlay` does (black classes transparent), the legend
+    of the classes present and the share of the image's pixels each covers.
+
+    Args:
+        class_names: sequence of names, index = class id (ids past it are shown as "class k").
+        palette: (num_colours, 3) colours in [0, 255]; ids past it are drawn transparent.
+        alpha: float in [0, 1], the initial colour opacity (a slider on the page changes it).
+        page_max_pixels: int, the page shrinks larger images to about this many pixels
+            before sending them (also capped by the service's `max_pixels`).
+    """
+
+    def __init__(self, class_names, palette, *, alpha=0.5, page_max_pixels=PAGE_MAX_PIXELS):
+        palette = np.asarray(palette)
+        if (
+            palette.ndim != 2
+            or palette.shape[1] != 3
+            or not len(palette)
+            or palette.dtype.kind not in "iu"
+            or palette.min() < 0
+            or palette.max() > 255
+        ):
+            raise ValueError(
+                f"`palette` must be (num_colours, 3) integers in [0, 255], received shape "
+                f"{palette.shape} of {palette.dtype}."
+            )
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"`alpha` must be in [0, 1], received {alpha!r}.")
+        if page_max_pixels < 1:
+            raise ValueError(f"`page_max_pixels` must be positive, received {page_max_pixels!r}.")
+        self.class_names = [str(name) for name in class_names]
+        self.palette = palette.astype(int).tolist()
+        self.alpha = float(alpha)
+        self.page_max_pixels = int(page_max_pixels)
+        self.files = {}
+        for route, (name, kind) in _PAGE_FILES.items():
+            path = os.path.join(STATIC_DIR, name)
+            try:
+                with open(path, "rb") as f:
+                    self.files[route] = (f.read(), kind)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"The demo page file {path!r} is missing: reinstall keras_fusionseg "
+                    "(its package data holds export/static/)."
+                ) from None
+
+    def config(self, service, max_body_bytes):
+        """What the page needs to know, answered at `GET /demo/config.json`."""
+        return {
+            "model_name": service.model_name,
+            "class_names": self.class_names,
+            "palette": self.palette,
+            "alpha": self.alpha,
+            "page_max_pixels": min(self.page_max_pixels, service.max_pixels),
+            "max_body_bytes": max_body_bytes,
+        }
+
+
 # --- HTTP ---------------------------------------------------------------------------------------
 
 _LOG = logging.getLogger(__name__)
@@ -323,25 +412,32 @@ _LOG = logging.getLogger(__name__)
 class RestApplication:
     """The WSGI application: routes TF Serving REST URLs to a `PredictionService`.
 
-    Every answer, errors included, is JSON. The body limit is checked here too (before
+    Every API answer, errors included, is JSON (the demo page's files aside). The body limit is checked here too (before
     reading), so the application stays safe behind any WSGI server, not only waitress.
 
     Args:
         service: a `PredictionService`.
         max_body_bytes: int, largest request body read.
         verbose: bool, log one line per request (method, path, status, milliseconds).
+        demo: optional `DemoPage`, served at `/` (its files under `/demo/`); None: `/` is 404.
     """
 
-    def __init__(self, service, *, max_body_bytes=64 << 20, verbose=False):
+    def __init__(self, service, *, max_body_bytes=64 << 20, verbose=False, demo=None):
         self.service = service
         self.max_body_bytes = int(max_body_bytes)
         self.verbose = verbose
+        self.demo = demo
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
-        status, payload = self._answer(environ)
-        body = json.dumps(payload).encode("utf-8")
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        page = self._page(environ)
+        if page is not None:
+            status, body, headers = page
+        else:
+            status, payload = self._answer(environ)
+            body = json.dumps(payload).encode("utf-8")
+            headers = [("Content-Type", "application/json")]
+        headers.append(("Content-Length", str(len(body))))
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         if self.verbose:
             _LOG.info(
@@ -352,6 +448,21 @@ class RestApplication:
                 1000 * (time.perf_counter() - started),
             )
         return [body]
+
+    def _page(self, environ):
+        """`(status, body, headers)` for the demo page's paths, else None (the REST API)."""
+        path = environ.get("PATH_INFO", "")
+        if self.demo is None or not (path in self.demo.files or path == "/demo/config.json"):
+            return None
+        if environ.get("REQUEST_METHOD") != "GET":
+            body = json.dumps({"error": f"Use GET for {path}."}).encode("utf-8")
+            return 405, body, [("Content-Type", "application/json"), ("Allow", "GET")]
+        if path == "/demo/config.json":
+            config = self.demo.config(self.service, self.max_body_bytes)
+            body, kind = json.dumps(config).encode("utf-8"), "application/json"
+        else:
+            body, kind = self.demo.files[path]
+        return 200, body, [("Content-Type", kind), *_PAGE_HEADERS]
 
     def _answer(self, environ):
         path = environ.get("PATH_INFO", "")
@@ -475,6 +586,7 @@ def make_server(
     channel_timeout=30,
     max_header_bytes=64 << 10,
     verbose=False,
+    demo=None,
 ):
     """A waitress HTTP server answering for `service` (call `serve_forever()` on it).
 
@@ -494,6 +606,7 @@ def make_server(
         channel_timeout: int, seconds of inactivity after which a connection is closed.
         max_header_bytes: int, larger request headers get 431.
         verbose: bool, log each request.
+        demo: optional `DemoPage` served at `/` (see `RestApplication`).
     """
     try:
         import waitress
@@ -511,7 +624,9 @@ def make_server(
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
-    application = RestApplication(service, max_body_bytes=max_body_bytes, verbose=verbose)
+    application = RestApplication(
+        service, max_body_bytes=max_body_bytes, verbose=verbose, demo=demo
+    )
     sock = _bind(host, port, backlog)
     try:
         waitress_server = waitress.create_server(
