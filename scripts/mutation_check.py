@@ -208,8 +208,9 @@ MUTANTS = (
     Mutant(
         "final_bn_reestimation_skipped",
         "keras_fusionseg/training/trainer.py",
-        "        if recalibration:\n"
-        "            recalibrate_batch_norm(model, recalibration_images, recalibration)\n",
+        "    if recalibration:\n"
+        "        recalibrate_batch_norm(model, training_callbacks.recalibration_images, "
+        "recalibration)\n",
         "",
         ("tests/test_training_runs.py",),
         "the final checkpoint is saved without re-estimating batch-norm statistics",
@@ -362,8 +363,8 @@ MUTANTS = (
     Mutant(
         "mixed_precision_policy_ignored",
         "keras_fusionseg/training/trainer.py",
-        'policy = config.mixed_precision or "float32"',
-        'policy = "float32"',
+        'with _dtype_policy(run.config.mixed_precision or "float32"):',
+        'with _dtype_policy("float32"):',
         (
             "tests/test_training_configs.py::test_config_family_lowers_the_loss_and_writes_outputs[bf16]",
         ),

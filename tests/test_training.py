@@ -4,6 +4,7 @@ import json
 import math
 import os
 import pathlib
+import types
 
 import keras
 import numpy as np
@@ -165,6 +166,32 @@ def test_stop_on_nan_names_the_step():
         callback.on_train_batch_end(4, {"loss": float("nan")})
 
 
+def test_build_callbacks_returns_the_documented_order(tmp_path):
+    config = load_config("smoke")
+    config.model.backbone = "tiny_test_backbone"
+    config.train.bn_recalibration_batches = 1
+    config.train.num_overlay_images = 1
+    run = trainer.prepare_run(config, str(tmp_path / "run"), strategy="one_device")
+    train_ds, _ = trainer.build_data(run)
+    model = types.SimpleNamespace(loss_spec={"logits": "softmax"})  # read by the checkpoint
+    built = trainer.build_callbacks(run, model, train_ds)
+    # The order of `build_callbacks`'s docstring: NaN check before the backup, everything that
+    # reads the optimizer step after the restore.
+    assert [type(callback).__name__ for callback in built.callbacks] == [
+        "StopOnNaN",
+        "SafeBackupAndRestore",
+        "ReportStartStep",
+        "StopAtStep",
+        "RecalibrateBatchNorm",
+        "AtomicModelCheckpoint",
+        "TensorBoardLogger",
+        "TrainingCurves",
+        "PredictionOverlays",
+    ]
+    assert built.start_step is built.callbacks[2] and built.recalibration_batches == 1
+    assert built.callbacks[5].filepath == os.path.join(run.checkpoint_dir, "best.keras")
+
+
 @pytest.mark.slow
 def test_train_end_to_end_writes_outputs(tmp_path):
     config = load_config("smoke")
@@ -190,3 +217,5 @@ def test_train_end_to_end_writes_outputs(tmp_path):
     assert not (tmp_path / "run" / "backup").exists()  # removed after a finished run
     reloaded = keras.models.load_model(tmp_path / "run" / "checkpoints" / "final.keras")
     assert reloaded.output_shape == (None, None, None, len(results["class_names"]))
+    assert reloaded.dataset["name"] == "synthetic_shapes"
+    assert reloaded.dataset["class_names"] == results["class_names"]
