@@ -1,4 +1,4 @@
-"""Parameters, multiply-adds and inference speed of several models, measured in one run.
+r"""Parameters, multiply-adds and inference speed of several models, measured in one run.
 
 Each model spec is `name[:backbone[:output_stride[:key=value[:key=value...]]]]`; option keys
 starting with `backbone.` go to the backbone (e.g. `backbone.alpha=0.35`). Specs are separated

@@ -1,4 +1,4 @@
-"""Fits the DUpsampling matrices (W, P, mean) on a dataset's training labels and saves a .npz.
+r"""Fits the DUpsampling matrices (W, P, mean) on a dataset's training labels and saves a .npz.
 
 PCA of r x r one-hot label patches (Tian et al., CVPR 2019, Sec. 3.1), streamed over the
 split with `keras_fusionseg.layers.dupsampling_pca.fit_dupsampling`. The file is what the

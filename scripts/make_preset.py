@@ -1,4 +1,4 @@
-"""Packages a trained checkpoint as a preset: `keras_fusionseg/presets/<name>/`.
+r"""Packages a trained checkpoint as a preset: `keras_fusionseg/presets/<name>/`.
 
     python scripts/make_preset.py --checkpoint=runs/camvid/checkpoints/final.keras \
         --workdir=runs/camvid --name=deeplabv3plus_mobilenetv2_camvid \
@@ -16,10 +16,8 @@ preset is never replaced without --overwrite.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from absl import app, flags  # noqa: E402
 

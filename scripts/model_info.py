@@ -1,4 +1,4 @@
-"""Prints the parameter and multiply-add counts of a registered model.
+r"""Prints the parameter and multiply-add counts of a registered model.
 
 Example (the DeepLabv3+ paper's Xception-65 model, 21 classes, 513x513, OS16):
 

@@ -1,4 +1,4 @@
-"""Writes the GFF gate maps of an image as PNGs, one per level (GFF paper Fig. 6/7).
+r"""Writes the GFF gate maps of an image as PNGs, one per level (GFF paper Fig. 6/7).
 
 Builds `gffnet` (or loads a saved `.keras` model), runs the image through it and saves
 `<output_dir>/<image stem>_G<l>.png` for l = 1..L: the gate map of level l (the channel mean
