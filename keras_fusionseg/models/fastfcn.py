@@ -13,11 +13,9 @@ from keras_fusionseg.layers.deeplabv3plus import ASPP
 from keras_fusionseg.layers.fastfcn import ContextEncoding, JointPyramidUpsampling
 from keras_fusionseg.models.heads import (
     TINY_RESNET,
-    aux_fcn_outputs,
     check_dropout,
-    classifier,
+    classify_with_fcn_aux,
     conv_bn_relu,
-    model_tail,
     psp_head,
     pyramid_level,
 )
@@ -107,18 +105,16 @@ def encoding_head_model(
         bn_epsilon=HEAD_BN_EPSILON,
         name="context_encoding",
     )(x)
-    logits = classifier(x, num_classes, dropout, "logits_conv")
-    aux = aux_fcn_outputs(backbone, aux_outputs, num_classes, aux_width, dropout, name)
-    if aux_outputs:
-        aux["se"] = presence
-    return model_tail(
+    return classify_with_fcn_aux(
         backbone,
-        logits,
+        x,
         name=name,
         num_classes=num_classes,
-        aux=aux,
         aux_outputs=aux_outputs,
+        aux_width=aux_width,
+        dropout=dropout,
         loss_weights=loss_weights or FASTFCN_LOSS_WEIGHTS,
+        extra_aux={"se": presence},
         loss_kinds={"se": PRESENCE},
     )
 
@@ -158,14 +154,14 @@ def aspp_head_model(
     _check_common(head_width, aux_width, dropout)
     aspp = ASPP(head_width, atrous_rates=aspp_rates, dropout=projection_dropout, name="aspp")
     x = conv_bn_relu(head_width, 3, "aspp_conv")(aspp(features))
-    logits = classifier(x, num_classes, dropout, "logits_conv")
-    return model_tail(
+    return classify_with_fcn_aux(
         backbone,
-        logits,
+        x,
         name=name,
         num_classes=num_classes,
-        aux=aux_fcn_outputs(backbone, aux_outputs, num_classes, aux_width, dropout, name),
         aux_outputs=aux_outputs,
+        aux_width=aux_width,
+        dropout=dropout,
         loss_weights=loss_weights or FASTFCN_LOSS_WEIGHTS,
     )
 
@@ -201,14 +197,14 @@ def psp_head_model(
     """
     _check_common(head_width, aux_width, dropout)
     x = psp_head(features, bins, head_width, "psp")
-    logits = classifier(x, num_classes, dropout, "logits_conv")
-    return model_tail(
+    return classify_with_fcn_aux(
         backbone,
-        logits,
+        x,
         name=name,
         num_classes=num_classes,
-        aux=aux_fcn_outputs(backbone, aux_outputs, num_classes, aux_width, dropout, name),
         aux_outputs=aux_outputs,
+        aux_width=aux_width,
+        dropout=dropout,
         loss_weights=loss_weights or FASTFCN_LOSS_WEIGHTS,
     )
 

@@ -19,12 +19,10 @@ from keras_fusionseg.layers.common import (
 from keras_fusionseg.layers.gff import DenseFeaturePyramid, GatedFullyFusion
 from keras_fusionseg.models.heads import (
     TINY_RESNET,
-    aux_fcn_outputs,
     check_bool,
     check_dropout,
-    classifier,
+    classify_with_fcn_aux,
     conv_bn_relu,
-    model_tail,
     psp_head,
     pyramid_level,
 )
@@ -66,14 +64,14 @@ def pspnet(
     check_positive_int("aux_width", aux_width)
     check_dropout(dropout)
     x = psp_head(pyramid_level(backbone, "P5", "pspnet"), bins, head_width, "psp")
-    logits = classifier(x, num_classes, dropout, "logits_conv")
-    return model_tail(
+    return classify_with_fcn_aux(
         backbone,
-        logits,
+        x,
         name="pspnet",
         num_classes=num_classes,
-        aux=aux_fcn_outputs(backbone, aux_outputs, num_classes, aux_width, dropout, "pspnet"),
         aux_outputs=aux_outputs,
+        aux_width=aux_width,
+        dropout=dropout,
         loss_weights={"aux": aux_weight},
     )
 
@@ -171,14 +169,14 @@ def gffnet(
             for i, y in enumerate(top_down[:-1])
         ]
         x = keras.layers.Concatenate(name="gff_concat")([*resized, finest])
-    logits = classifier(x, num_classes, dropout, "logits_conv")
-    return model_tail(
+    return classify_with_fcn_aux(
         backbone,
-        logits,
+        x,
         name="gffnet",
         num_classes=num_classes,
-        aux=aux_fcn_outputs(backbone, aux_outputs, num_classes, aux_width, dropout, "gffnet"),
         aux_outputs=aux_outputs,
+        aux_width=aux_width,
+        dropout=dropout,
         loss_weights={"aux": aux_weight},
     )
 

@@ -93,12 +93,50 @@ def fcn_aux_head(features, num_classes, width, dropout, name):
     return classifier(x, num_classes, dropout, f"{name}_logits")
 
 
-def aux_fcn_outputs(backbone, aux_outputs, num_classes, width, dropout, model_name):
-    """`{"aux": FCN-head logits on "P4" (res4)}` when `aux_outputs`, else `{}`."""
-    if not aux_outputs:
-        return {}
-    p4 = pyramid_level(backbone, "P4", model_name)
-    return {"aux": fcn_aux_head(p4, num_classes, width, dropout, "aux")}
+def classify_with_fcn_aux(
+    backbone,
+    features,
+    *,
+    name,
+    num_classes,
+    aux_outputs,
+    aux_width,
+    dropout,
+    loss_weights,
+    extra_aux=None,
+    loss_kinds=None,
+):
+    """The end of the PSPNet / GFF / EncNet / FastFCN heads: dropout and a 1x1 classifier on
+    `features`, with `aux_outputs` the auxiliary FCN head on "P4" (res4) as `"aux"` (plus
+    `extra_aux`), then `model_tail`.
+
+    Args:
+        backbone: the model's backbone (`pyramid_outputs` "P4" for aux).
+        features: the head's last feature map.
+        name: str, the model's name.
+        num_classes: int, logit channels.
+        aux_outputs: bool.
+        aux_width: int, channels of the auxiliary head's 3x3 conv.
+        dropout: float, dropout before each 1x1 classifier.
+        loss_weights: dict output name -> weight of the auxiliary losses.
+        extra_aux: dict name -> tensor of more auxiliary outputs (e.g. EncNet's "se").
+        loss_kinds: dict name -> loss kind of those that are not `SEGMENTATION`.
+    """
+    logits = classifier(features, num_classes, dropout, "logits_conv")
+    aux = {}
+    if aux_outputs:
+        p4 = pyramid_level(backbone, "P4", name)
+        aux = {"aux": fcn_aux_head(p4, num_classes, aux_width, dropout, "aux"), **(extra_aux or {})}
+    return model_tail(
+        backbone,
+        logits,
+        name=name,
+        num_classes=num_classes,
+        aux=aux,
+        aux_outputs=aux_outputs,
+        loss_weights=loss_weights,
+        loss_kinds=loss_kinds,
+    )
 
 
 def finalize_outputs(logits, aux=None, aux_outputs=False, loss_weights=None, loss_kinds=None):

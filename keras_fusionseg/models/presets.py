@@ -387,14 +387,9 @@ def training_config(metadata):
     for evaluating it on its dataset the way it was trained."""
     import ml_collections
 
-    def tuples(value):
-        if isinstance(value, dict):
-            return {key: tuples(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return tuple(tuples(item) for item in value)
-        return value
+    from keras_fusionseg.models.segmentation_model import lists_to_tuples
 
-    return ml_collections.ConfigDict(tuples(metadata["training"]["config"]))
+    return ml_collections.ConfigDict(lists_to_tuples(metadata["training"]["config"]))
 
 
 def class_names_and_palette(metadata):

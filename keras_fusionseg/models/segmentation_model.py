@@ -155,11 +155,12 @@ def record_dataset(model, name, **fields):
     model.dataset = {"name": name, **fields}
 
 
-def _tuples(value):
+def lists_to_tuples(value):
+    """JSON data with every list turned into a tuple (configs and options use tuples)."""
     if isinstance(value, dict):
-        return {key: _tuples(item) for key, item in value.items()}
+        return {key: lists_to_tuples(item) for key, item in value.items()}
     if isinstance(value, list):
-        return tuple(_tuples(item) for item in value)
+        return tuple(lists_to_tuples(item) for item in value)
     return value
 
 
@@ -194,10 +195,10 @@ def rebuild_kwargs(model):
         "num_classes": config["num_classes"],
         "input_shape": tuple(config["input_shape"]),
         "backbone": config["backbone"],
-        "backbone_options": _tuples(config["backbone_options"] or {}),
+        "backbone_options": lists_to_tuples(config["backbone_options"] or {}),
         "output_stride": config["output_stride"],
         "aux_outputs": config["aux_outputs"],
-        **_tuples(config["options"] or {}),
+        **lists_to_tuples(config["options"] or {}),
     }
 
 
