@@ -2,8 +2,8 @@ r"""CamVid (11 classes): the ~60-minute CPU baseline and its model variants, in 
 
     python scripts/train.py --config=configs/camvid.py \
         --config.data.data_dir=../shared/data/camvid --workdir=runs/camvid
-    python scripts/train.py --config=configs/camvid.py:model=pspnet --workdir=runs/camvid_pspnet
-    python scripts/train.py --config=configs/camvid.py:model=dunet,output_stride=8,precision=mixed_bfloat16
+    python scripts/train.py --config=configs/camvid.py:model=pspnet   # runs/camvid_model_pspnet
+    python scripts/train.py --config=configs/camvid.py:model=gffnet,output_stride=16,precision=mixed_bfloat16
 
 The text after ':' is the variant, `key=value` pairs separated by commas (ml_collections passes
 it to `get_config(arg)`); no variant is the baseline (`configs/deeplabv3plus_mobilenetv2_camvid.py`
@@ -34,6 +34,9 @@ seconds on a 2-core CPU). `model=dunet` needs its basis fitted on the train labe
 
     python scripts/fit_dupsampling.py --source=camvid --data_dir=../shared/data/camvid \
         --ratio=16 --channels=64 --output=runs/camvid_dupsampling_r16.npz
+
+(its ratio is the output stride: with `output_stride=8`, fit `--ratio=8` and point
+`--config.model.options` at that file).
 """
 
 from keras_fusionseg import models
