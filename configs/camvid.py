@@ -35,8 +35,8 @@ seconds on a 2-core CPU). `model=dunet` needs its basis fitted on the train labe
     python scripts/fit_dupsampling.py --source=camvid --data_dir=../shared/data/camvid \
         --ratio=16 --channels=64 --output=runs/camvid_dupsampling_r16.npz
 
-(its ratio is the output stride: with `output_stride=8`, fit `--ratio=8` and point
-`--config.model.options` at that file).
+(its ratio is the output stride: with `output_stride=8`, fit `--ratio=8` and pass that file
+as `--config.model.options.dupsampling_basis=...`).
 """
 
 from keras_fusionseg import models
