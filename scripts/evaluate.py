@@ -11,6 +11,9 @@ Writes metrics.json, confusion_matrix.csv and confusion_matrix.png to
 <workdir>/eval_<mode>/ (or --output_dir). With --preset (instead of --checkpoint) and no
 --config, the preset's own training config says which data and eval mode to use;
 `--config.<field>=...` overrides still apply to it.
+
+Evaluation runs image by image on one device, in the dtype policy the checkpoint was saved
+with: train.py's --strategy and --mixed_precision have no counterpart here.
 """
 
 import os
@@ -41,18 +44,6 @@ _RECALIBRATE = flags.DEFINE_integer(
     "(see keras_fusionseg.training.batch_norm).",
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default <workdir>/eval_<mode>.")
-_STRATEGY = flags.DEFINE_enum(
-    "strategy",
-    "auto",
-    ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
-    "Accepted for symmetry with train.py; evaluation runs image by image on one device.",
-)
-_MIXED_PRECISION = flags.DEFINE_enum(
-    "mixed_precision",
-    None,
-    ["", "float32", "mixed_float16", "mixed_bfloat16"],
-    "Accepted for symmetry with train.py; the checkpoint keeps its own dtype policy.",
-)
 
 
 def _check_num_classes(model, info, checkpoint, dataset):

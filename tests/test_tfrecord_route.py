@@ -130,3 +130,20 @@ def test_tfrecord_data_name_is_checked_before_building(tmp_path):
         config_lib.validate_config(_config(pattern, num_classes=3, class_names=("a", "b")))
     with pytest.raises(ValueError, match="differs from dataset 'synthetic_shapes'"):
         config_lib.validate_config(_config("synthetic_shapes", num_classes=2))
+
+
+@pytest.mark.parametrize("flag", ["--strategy=mirrored", "--mixed_precision=mixed_float16"])
+def test_evaluate_script_refuses_training_only_flags(flag, tmp_path):
+    # evaluate.py used to accept these and ignore them; it evaluates on one device in the
+    # checkpoint's own dtype policy, so it now refuses them by name.
+    process = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "evaluate.py"), flag, "--checkpoint=none.keras"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    name = flag[2:].split("=")[0]
+    assert process.returncode != 0
+    assert f"Unknown command line flag '{name}'" in process.stderr, process.stderr[-2000:]
