@@ -76,7 +76,6 @@ def main(argv):
 
     from keras_fusionseg import data, evaluation, export
     from keras_fusionseg.evaluation import confusion_from_labels, iou_from_confusion
-    from keras_fusionseg.evaluation.inference import Predictor
 
     model = export.load_keras_model(_MODEL.value)
     info = data.get_dataset_info(_SOURCE.value) if _SOURCE.value in data.list_datasets() else None
@@ -112,12 +111,12 @@ def main(argv):
         )
 
     segmenters = _export_forms(model, output, calibration_images)
-    predictor = Predictor(model)
+    pipeline = evaluation.SegmentationPipeline(model)  # what evaluate.py runs
     confusion = {name: np.zeros((num_classes, num_classes)) for name in segmenters}
     agree = dict.fromkeys(segmenters, 0)
     pixels = 0
     for image, label in examples():
-        reference = np.asarray(predictor(image[None].astype(np.float32))[0]).argmax(-1)
+        reference = pipeline.class_ids(image)
         pixels += reference.size
         for name, segmenter in segmenters.items():
             ids = segmenter.class_ids(image)

@@ -44,15 +44,15 @@ MUTANTS = (
     Mutant(
         "flip_dropped",
         "keras_fusionseg/evaluation/inference.py",
-        "([(tf.reverse(scaled, axis=[2]), True)] if flip else [])",
-        "([] if flip else [])",
+        "for flipped in (False, True) if self.flip else (False,):",
+        "for flipped in (False,) if self.flip else (False,):",
         ("tests/test_evaluation.py",),
         "multi-scale + flip evaluation silently drops the mirrored copy",
     ),
     Mutant(
         "flip_not_mirrored_back",
         "keras_fusionseg/evaluation/inference.py",
-        "            if flipped:\n                probs = tf.reverse(probs, axis=[2])\n",
+        "                if flipped:\n                    probs = tf.reverse(probs, axis=[2])\n",
         "",
         ("tests/test_evaluation.py",),
         "the mirrored copy's probabilities are averaged without un-flipping them",
@@ -423,11 +423,14 @@ MUTANTS = (
     ),
     Mutant(
         "representative_images_padded_top_left",
-        "keras_fusionseg/export/tflite.py",
-        "[(0, 0), (0, -height % size_divisor), (0, -width % size_divisor), (0, 0)],",
-        "[(0, 0), (-height % size_divisor, 0), (-width % size_divisor, 0), (0, 0)],",
-        ("tests/test_tflite.py::test_representative_images_are_the_split_padded_or_resized",),
-        "calibration images are padded at the top/left, unlike what inference sees",
+        "keras_fusionseg/evaluation/inference.py",
+        "paddings = [[0, 0], [0, (divisor - height % divisor) % divisor]]",
+        "paddings = [[0, 0], [(divisor - height % divisor) % divisor, 0]]",
+        (
+            "tests/test_tflite.py::test_representative_images_are_the_split_padded_or_resized",
+            "tests/test_export_saved_model.py::test_pad_policies_pad_bottom_right_and_crop_back",
+        ),
+        "images (and calibration images) are padded at the top, not the bottom",
     ),
     Mutant(
         "int8_calibrated_on_unit_range",

@@ -32,11 +32,19 @@ _DATASET = flags.DEFINE_string("dataset", None, "Registered dataset for class na
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "Without a dataset: generic names.")
 _ALPHA = flags.DEFINE_float("alpha", 0.5, "Overlay opacity in [0, 1].")
 _LEGEND = flags.DEFINE_bool("legend", True, "Add a legend of the classes present.")
+_SIZE_POLICY = flags.DEFINE_enum(
+    "size_policy",
+    None,
+    ["whole", "pad", "resize"],
+    "How .keras and .tflite models meet an image's size (keras_fusionseg.evaluation.inference): "
+    "whole = the image as it is (what evaluate.py scores and the exported SavedModel does by "
+    "default); pad = padded to a multiple of --size_divisor; resize = to the model's fixed "
+    "size. Default: whole, or resize for fixed-size models. A SavedModel has its own baked in.",
+)
 _SIZE_DIVISOR = flags.DEFINE_integer(
     "size_divisor",
-    1,
-    "Pad .keras and dynamic .tflite inputs to a multiple of this (1: the image as it is, "
-    "what evaluate.py scores and the exported SavedModel does by default).",
+    None,
+    "Padding multiple of --size_policy=pad (default 32); > 1 alone implies --size_policy=pad.",
 )
 _NUM_THREADS = flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads.")
 _SKIP_ERRORS = flags.DEFINE_bool(
@@ -52,23 +60,21 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from keras_fusionseg.export import predict_files as pf
     from keras_fusionseg.export.predictor import load_segmenter
-    from keras_fusionseg.export.saved_model import is_saved_model_dir
 
     files = pf.list_image_files(_INPUTS.value)
     model_path = _MODEL.value or ""
     options = {}
-    if model_path.endswith(".tflite"):
-        options["size_divisor"] = _SIZE_DIVISOR.value
-    elif not is_saved_model_dir(model_path) and _SIZE_DIVISOR.value > 1:
-        options.update(size_policy="pad", size_divisor=_SIZE_DIVISOR.value)
+    size_policy = _SIZE_POLICY.value or ("pad" if (_SIZE_DIVISOR.value or 1) > 1 else None)
+    if size_policy:  # a SavedModel refuses them: its size handling is baked in
+        options.update(size_policy=size_policy, size_divisor=_SIZE_DIVISOR.value or 32)
     if model_path.endswith(".tflite"):
         options["num_threads"] = _NUM_THREADS.value
     if _PRESET.value:
-        from keras_fusionseg.export.predictor import KerasSegmenter
+        from keras_fusionseg.evaluation.inference import SegmentationPipeline
         from keras_fusionseg.models import presets
 
         model, metadata = presets.load_checkpoint_or_preset(preset=_PRESET.value)
-        segmenter = KerasSegmenter(model, **options)
+        segmenter = SegmentationPipeline(model, **options)
         class_names, palette = presets.class_names_and_palette(metadata)
         if _DATASET.value:
             class_names, palette = pf.class_names_and_palette(_DATASET.value)

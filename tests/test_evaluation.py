@@ -36,6 +36,20 @@ def column_ramp_model(channels=2):
     return keras.Model(inputs, keras.layers.Lambda(add_ramp)(inputs))
 
 
+def multiscale(model, image, scales, flip):
+    pipeline = inference.SegmentationPipeline(
+        model, size_policy="multiscale", scales=scales, flip=flip
+    )
+    return pipeline.probabilities(image)
+
+
+def sliding(model, image, crop_size, stride=None):
+    pipeline = inference.SegmentationPipeline(
+        model, size_policy="sliding", crop_size=crop_size, stride=stride
+    )
+    return pipeline.probabilities(image)
+
+
 def softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -80,9 +94,10 @@ def test_metric_resizes_labels_to_coarse_logits():
 
 def test_whole_and_flip_on_a_pixelwise_model_give_softmax_of_pixels(rng):
     image = rng.normal(size=(5, 7, 2)).astype("float32")
-    predictor = inference.Predictor(pixelwise_model())
-    np.testing.assert_allclose(inference.predict_whole(predictor, image), softmax(image), atol=1e-6)
-    flipped = inference.predict_multiscale(predictor, image, scales=(1.0,), flip=True)
+    model = pixelwise_model()
+    whole = inference.SegmentationPipeline(model).probabilities(image)
+    np.testing.assert_allclose(whole, softmax(image), atol=1e-6)
+    flipped = multiscale(model, image, scales=(1.0,), flip=True)
     np.testing.assert_allclose(flipped, softmax(image), atol=1e-6)
 
 
@@ -90,7 +105,6 @@ def test_multiscale_averages_probabilities_over_scales():
     # Pixelwise model: mean over scales of resize_back(softmax(resize(image))); flipping a
     # pixelwise model changes nothing, so flip=True gives the same mean.
     image = np.random.default_rng(1).normal(size=(8, 16, 2)).astype("float32")
-    predictor = inference.Predictor(pixelwise_model())
     expected = np.mean(
         [
             tf.image.resize(
@@ -100,11 +114,10 @@ def test_multiscale_averages_probabilities_over_scales():
         ],
         axis=0,
     )
-    probs = inference.predict_multiscale(predictor, image, scales=(1.0, 2.0), flip=True)
+    probs = multiscale(pixelwise_model(), image, scales=(1.0, 2.0), flip=True)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     # A model that depends on the whole input: average of the two scales' resized probs.
     model = window_mean_model()
-    predictor = inference.Predictor(model)
     half = tf.image.resize(image[None], (4, 8))
     expected = (
         softmax(image - image.mean((0, 1)))
@@ -112,7 +125,7 @@ def test_multiscale_averages_probabilities_over_scales():
             softmax(half.numpy() - half.numpy().mean((1, 2), keepdims=True)), (8, 16)
         )[0].numpy()
     ) / 2
-    probs = inference.predict_multiscale(predictor, image, scales=(1.0, 0.5), flip=False)
+    probs = multiscale(model, image, scales=(1.0, 0.5), flip=False)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
 
 
@@ -120,14 +133,14 @@ def test_multiscale_flip_averages_the_mirrored_copy(rng):
     # The ramp model sees column j of the image at column W-1-j of the mirrored copy, so a
     # flip that is dropped, or not mirrored back, changes the average.
     image = rng.normal(size=(3, 5, 2)).astype("float32")
-    predictor = inference.Predictor(column_ramp_model())
+    model = column_ramp_model()
     ramp = np.arange(5, dtype="float32")[None, :, None] * np.array([0.0, 1.0], "float32")
     plain = softmax(image + ramp)
     mirrored = softmax(image[:, ::-1] + ramp)[:, ::-1]
     assert np.abs(plain - mirrored).max() > 0.1  # the test model is asymmetric
-    probs = inference.predict_multiscale(predictor, image, scales=(1.0,), flip=True)
+    probs = multiscale(model, image, scales=(1.0,), flip=True)
     np.testing.assert_allclose(probs, (plain + mirrored) / 2, atol=1e-6)
-    probs = inference.predict_multiscale(predictor, image, scales=(1.0,), flip=False)
+    probs = multiscale(model, image, scales=(1.0,), flip=False)
     np.testing.assert_allclose(probs, plain, atol=1e-6)
 
 
@@ -139,8 +152,8 @@ def test_window_starts_cover_the_image():
 
 def test_sliding_window_averages_overlapping_crops(rng):
     image = rng.normal(size=(4, 6, 2)).astype("float32")
-    predictor = inference.Predictor(window_mean_model())
-    probs = inference.predict_sliding(predictor, image, crop_size=(4, 4), stride=(2, 2))
+    model = window_mean_model()
+    probs = sliding(model, image, crop_size=(4, 4), stride=(2, 2))
     # Windows at columns 0-3 and 2-5: columns 2-3 average the two windows' probabilities.
     left = softmax(image[:, :4] - image[:, :4].mean((0, 1)))
     right = softmax(image[:, 2:] - image[:, 2:].mean((0, 1)))
@@ -151,8 +164,29 @@ def test_sliding_window_averages_overlapping_crops(rng):
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     # A crop larger than the image: zero padding, then cropped back.
     padded = np.pad(image, [(0, 2), (0, 0), (0, 0)])
-    probs = inference.predict_sliding(predictor, image, crop_size=(6, 6))
+    probs = sliding(model, image, crop_size=(6, 6))
     np.testing.assert_allclose(probs, softmax(padded - padded.mean((0, 1)))[:4], atol=1e-6)
+
+
+def test_pipeline_multi_pass_options_and_batches(rng):
+    model = column_ramp_model()
+    with pytest.raises(ValueError, match="scales"):
+        inference.SegmentationPipeline(model, size_policy="multiscale", scales=())
+    with pytest.raises(ValueError, match="crop_size"):
+        inference.SegmentationPipeline(model, size_policy="sliding")
+    with pytest.raises(ValueError, match="stride"):
+        inference.SegmentationPipeline(
+            model, size_policy="sliding", crop_size=(4, 4), stride=(0, 2)
+        )
+    pipeline = inference.SegmentationPipeline(model, size_policy="multiscale", scales=(1.0, 0.5))
+    with pytest.raises(ValueError, match="averages probabilities"):
+        pipeline.logits(np.zeros((4, 4, 2), "float32"))
+    # A batch gives each image's own result; class ids are the argmax of the probabilities.
+    images = rng.normal(size=(2, 6, 8, 2)).astype("float32")
+    batch = pipeline.probabilities(images).numpy()
+    for image, probs in zip(images, batch, strict=True):
+        np.testing.assert_allclose(probs, pipeline.probabilities(image), atol=1e-6)
+    np.testing.assert_array_equal(pipeline.class_ids(images), batch.argmax(-1))
 
 
 def test_trimap_band_and_boundary_confusion_hand_case():

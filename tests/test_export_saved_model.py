@@ -181,9 +181,11 @@ def test_pad_policies_pad_bottom_right_and_crop_back(rng):
     np.testing.assert_allclose(whole.logits(image), model(x, training=False), atol=1e-5)
 
 
-def test_export_rejects_unknown_signature(tmp_path):
+def test_export_rejects_unknown_signature_and_multi_pass_policy(tmp_path):
     with pytest.raises(ValueError, match="signatures"):
         export_saved_model(tiny_segmenter(), tmp_path / "x", signatures=("serving_default", "foo"))
+    with pytest.raises(ValueError, match="one model call per image"):
+        export_saved_model(tiny_segmenter(), tmp_path / "y", size_policy="multiscale")
 
 
 def test_find_keras_file_in_workdir(tmp_path):

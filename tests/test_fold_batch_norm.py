@@ -207,18 +207,18 @@ def test_refuses_a_subclassed_model():
 
 @pytest.mark.slow  # two SavedModel exports
 def test_export_and_keras_predictor_fold_on_request(tmp_path, rng):
-    from keras_fusionseg.export.predictor import KerasSegmenter
+    from keras_fusionseg.export import load_segmenter
 
     name = "deeplabv3plus"
     model = models.build(name, num_classes=3, **models.get_model_spec(name).tiny)
     randomise_batch_norms(model, rng)
+    model.save(tmp_path / "model.keras")
     image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    segmenter = KerasSegmenter(model, fold_batch_norm=True)
-    assert count_batch_norms(segmenter.pipeline.model) == 0
-    assert count_batch_norms(KerasSegmenter(model).pipeline.model) == 60  # default: as built
-    np.testing.assert_array_equal(
-        segmenter.class_ids(image), KerasSegmenter(model).class_ids(image)
-    )
+    segmenter = load_segmenter(tmp_path / "model.keras", fold_batch_norm=True)
+    as_built = load_segmenter(tmp_path / "model.keras")
+    assert count_batch_norms(segmenter.model) == 0
+    assert count_batch_norms(as_built.model) == 60  # default: as built
+    np.testing.assert_array_equal(segmenter.class_ids(image), as_built.class_ids(image))
     sizes = {}
     for fold in (True, False):
         path = tmp_path / f"sm_{fold}"

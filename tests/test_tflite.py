@@ -38,16 +38,16 @@ def test_conversion_matches_keras(model_and_images, quantization, input_size):
         model, quantization=quantization, input_size=input_size, representative_images=images
     )
     runner = TFLiteSegmenter(flatbuffer)
-    assert runner.dynamic == (input_size is None)
-    assert runner.input_dtype == (np.uint8 if quantization == "full_int8" else np.float32)
+    assert runner.model.dynamic == (input_size is None)
+    assert runner.model.input_dtype == (np.uint8 if quantization == "full_int8" else np.float32)
     image = images[0]
-    expected = model(image[None].astype("float32"), training=False).numpy()
-    logits = runner.logits(image)
+    expected = model(image[None].astype("float32"), training=False).numpy()[0]
+    logits = runner.logits(image).numpy()  # (64, 64, 3): the image's own size
     spread = float(np.ptp(expected))
     assert spread > 0.1  # a near-constant model would make any tolerance vacuous
     np.testing.assert_allclose(logits, expected, atol=TOLERANCE[quantization] * spread)
     assert np.mean(logits.argmax(-1) == expected.argmax(-1)) >= 0.97
-    # Any image size: padded (dynamic) or resized (fixed), class ids at the image's size.
+    # Any image size: as it is (dynamic) or resized (fixed), class ids at the image's size.
     odd = images[1][:50, :37]
     assert runner.class_ids(odd).shape == (50, 37)
 
@@ -58,12 +58,12 @@ def test_dynamic_runner_sizes_like_the_saved_model(model_and_images):
     odd = images[2][:40, :52]
     # default: the image as it is (the SavedModel's "whole" policy, what evaluate.py scores)
     expected = model(odd[None].astype("float32"), training=False).numpy()[0]
-    np.testing.assert_allclose(TFLiteSegmenter(flatbuffer).full_logits(odd), expected, atol=1e-4)
-    # size_divisor=32: the "pad" policy, mean-pixel padding at the bottom/right, cropped back
+    np.testing.assert_allclose(TFLiteSegmenter(flatbuffer).logits(odd), expected, atol=1e-4)
+    # the "pad" policy: mean-pixel padding at the bottom/right to a multiple of 32, cropped back
     padded = np.pad(odd.astype("float32"), [(0, 24), (0, 12), (0, 0)], constant_values=127.5)
     expected = model(padded[None], training=False).numpy()[0, :40, :52]
-    runner = TFLiteSegmenter(flatbuffer, size_divisor=32)
-    np.testing.assert_allclose(runner.full_logits(odd), expected, atol=1e-4)
+    runner = TFLiteSegmenter(flatbuffer, size_policy="pad")
+    np.testing.assert_allclose(runner.logits(odd), expected, atol=1e-4)
 
 
 def test_bad_arguments(model_and_images, tmp_path):

@@ -1,4 +1,4 @@
-"""Evaluation: streaming confusion matrix, inference modes, trimap bands, reports."""
+"""Evaluation: streaming confusion matrix, the inference path, trimap bands, reports."""
 
 from keras_fusionseg.evaluation.boundary import band_confusions, trimap_band  # noqa: F401
 from keras_fusionseg.evaluation.confusion import (  # noqa: F401
@@ -7,9 +7,4 @@ from keras_fusionseg.evaluation.confusion import (  # noqa: F401
     iou_from_confusion,
 )
 from keras_fusionseg.evaluation.evaluator import evaluate, write_reports  # noqa: F401
-from keras_fusionseg.evaluation.inference import (  # noqa: F401
-    Predictor,
-    predict_multiscale,
-    predict_sliding,
-    predict_whole,
-)
+from keras_fusionseg.evaluation.inference import SegmentationPipeline  # noqa: F401

@@ -7,7 +7,6 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_fusionseg.evaluation import boundary, figures, inference
 from keras_fusionseg.evaluation.confusion import confusion_from_labels, iou_from_confusion
@@ -77,7 +76,8 @@ def evaluate(
         num_classes, ignore_label: int.
         class_names: optional list of names (default "class_<i>").
         mode: `"whole"`, `"multiscale"` (uses `scales`, `flip`) or `"sliding"` (uses
-            `crop_size`, `stride`).
+            `crop_size`, `stride`): the size policy of `inference.SegmentationPipeline`, the
+            inference path of every shipped form.
         trimap_widths: band widths (pixels) for the boundary (trimap) evaluation; empty to skip.
         trimap_band: `"boundaries"` (bands around label boundaries) or `"void"` (dilated void
             annotations only, the DeepLabv3+ protocol); see `evaluation.boundary`.
@@ -102,7 +102,16 @@ def evaluate(
         raise ValueError(
             f"`trimap_band` must be one of {list(boundary.BAND_SOURCES)}, received {trimap_band!r}."
         )
-    predictor = inference.Predictor(model)
+    # "whole": the model's default single pass (the image as it is, or resized for a model of
+    # fixed size), as the exported SavedModel and TFLite runner by default.
+    pipeline = inference.SegmentationPipeline(
+        model,
+        size_policy=None if mode == "whole" else mode,
+        scales=scales,
+        flip=flip,
+        crop_size=crop_size,
+        stride=stride,
+    )
     confusion = np.zeros((num_classes, num_classes), np.float64)
     bands = {int(w): np.zeros_like(confusion) for w in trimap_widths}
     total = _image_count(dataset, max_images)
@@ -112,13 +121,7 @@ def evaluate(
         if max_images and count >= max_images:
             break
         image, label = _image_and_label(element, index)
-        if mode == "whole":
-            probs = inference.predict_whole(predictor, image)
-        elif mode == "multiscale":
-            probs = inference.predict_multiscale(predictor, image, scales, flip)
-        else:
-            probs = inference.predict_sliding(predictor, image, crop_size, stride)
-        prediction = tf.argmax(probs, axis=-1, output_type=tf.int32).numpy()
+        prediction = pipeline.class_ids(image)  # the path of every shipped form
         confusion += confusion_from_labels(label, prediction, num_classes, ignore_label).numpy()
         if bands:
             for width, band in boundary.band_confusions(

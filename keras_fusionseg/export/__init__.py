@@ -1,10 +1,14 @@
-"""Shipping a trained model: SavedModel with raw-image signatures, TFLite, ONNX, predict, serve."""
+"""Shipping a trained model: SavedModel with raw-image signatures, TFLite, ONNX, predict, serve.
 
+Every form runs `SegmentationPipeline` (`evaluation.inference`), the inference path that
+`evaluate.py` scores.
+"""
+
+from keras_fusionseg.evaluation.inference import SegmentationPipeline  # noqa: F401
 from keras_fusionseg.export.onnx import export_onnx  # noqa: F401  (tf2onnx imported on use)
 from keras_fusionseg.export.predictor import load_segmenter  # noqa: F401
 from keras_fusionseg.export.saved_model import (  # noqa: F401
     SIZE_POLICIES,
-    SegmentationPipeline,
     export_saved_model,
     find_keras_file,
     load_keras_model,

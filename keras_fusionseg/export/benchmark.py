@@ -15,7 +15,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_fusionseg.export.saved_model import SegmentationPipeline
+from keras_fusionseg.evaluation.inference import SegmentationPipeline
 from keras_fusionseg.export.tflite import TFLiteSegmenter, make_converter
 
 
@@ -56,17 +56,16 @@ def compare_on_split(
     from keras_fusionseg.evaluation import confusion_from_labels, iou_from_confusion
 
     pipeline = SegmentationPipeline(keras_model, **pipeline_options)
-    keras_logits = tf.function(pipeline.logits, reduce_retracing=True)
     names = ["keras", *runners]
     confusion = {name: np.zeros((num_classes, num_classes)) for name in names}
     max_diff = dict.fromkeys(names, 0.0)
     agree = dict.fromkeys(names, 0)
     pixels = 0
     for image, label in examples:
-        reference = keras_logits(tf.constant(image[None]))[0].numpy()
+        reference = pipeline.logits(image).numpy()
         outputs = {"keras": reference}
         for name, runner in runners.items():
-            outputs[name] = runner.full_logits(image)
+            outputs[name] = runner.logits(image).numpy()
         reference_ids = reference.argmax(-1)
         pixels += reference_ids.size
         for name, logits in outputs.items():

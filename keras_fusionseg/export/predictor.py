@@ -1,34 +1,22 @@
-"""One interface over the three shipped forms: `.keras`, SavedModel directory, `.tflite`."""
+"""One loader for the three shipped forms: `.keras`, SavedModel directory, `.tflite`.
+
+`.keras` and `.tflite` models run in `evaluation.inference.SegmentationPipeline` (for
+`.tflite`: `TFLiteSegmenter`, the same pipeline around a LiteRT interpreter); a SavedModel's
+`serving_default` signature was traced from that pipeline at export, so it is called as it is.
+"""
 
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from keras_fusionseg.evaluation.inference import SegmentationPipeline
 from keras_fusionseg.export.saved_model import (
-    SegmentationPipeline,
     fold_batch_norm_if_functional,
     is_saved_model_dir,
     load_keras_model,
 )
 from keras_fusionseg.export.tflite import TFLiteSegmenter
-
-
-class KerasSegmenter:
-    """Class ids from a Keras model, with the same size handling as the exported signatures."""
-
-    kind = "keras"
-
-    def __init__(self, model, *, fold_batch_norm=False, **pipeline_options):
-        if fold_batch_norm:  # same logits, fewer ops (export.optimize); not yet measured faster
-            model = fold_batch_norm_if_functional(model)
-        self.pipeline = SegmentationPipeline(model, **pipeline_options)
-        self.channels = self.pipeline.channels
-        self._logits = tf.function(self.pipeline.logits, reduce_retracing=True)
-
-    def class_ids(self, image):
-        logits = self._logits(tf.constant(np.asarray(image)[None]))
-        return tf.argmax(logits[0], axis=-1, output_type=tf.int32).numpy()
 
 
 class SavedModelSegmenter:
@@ -44,40 +32,37 @@ class SavedModelSegmenter:
         self.channels = self.signature.structured_input_signature[1]["images"].shape[-1]
 
     def class_ids(self, image):
+        """int32 class ids (H, W) of one uint8 image (H, W, C)."""
         images = tf.constant(np.asarray(image, np.uint8)[None])
         return self.signature(images=images)["class_ids"][0].numpy()
 
 
-class LiteSegmenter:
-    """Class ids from a `.tflite` file (LiteRT interpreter)."""
-
-    kind = "tflite"
-
-    def __init__(self, path, **options):
-        self.runner = TFLiteSegmenter(path, **options)
-        self.channels = self.runner.channels
-
-    def class_ids(self, image):
-        return self.runner.class_ids(image)
-
-
-def load_segmenter(path, **options):
+def load_segmenter(path, *, fold_batch_norm=False, **options):
     """A segmenter (`.class_ids(image (H, W, C) uint8) -> (H, W) int32`) for any shipped form.
 
     Args:
         path: a `.keras` file, a training workdir, a SavedModel directory or a `.tflite` file.
-        **options: size-handling options (`size_policy`, `size_divisor`, ... for Keras;
-            `size_divisor`, `num_threads` for TFLite); a SavedModel has them baked in.
+        fold_batch_norm: bool, `.keras` only: fold batch norms into their convs first
+            (`export.optimize.fold_batch_norm`; same class ids, fewer ops).
+        **options: `SegmentationPipeline` size handling (`size_policy`, `size_divisor`, ...)
+            for `.keras` and `.tflite` (plus `num_threads`); a SavedModel has it baked in.
+
+    Returns:
+        a `SegmentationPipeline` (`.keras`), `TFLiteSegmenter` (`.tflite`) or
+        `SavedModelSegmenter`; each has `.class_ids`, `.channels` and `.kind`.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"Model path {path!r} does not exist.")
     if path.endswith(".tflite"):
-        return LiteSegmenter(path, **options)
+        return TFLiteSegmenter(path, **options)
     if is_saved_model_dir(path):
-        if options:
+        if options or fold_batch_norm:
             raise ValueError(
                 f"A SavedModel has its size handling baked in; options {sorted(options)} do not apply."
             )
         return SavedModelSegmenter(path)
-    return KerasSegmenter(load_keras_model(path), **options)
+    model = load_keras_model(path)
+    if fold_batch_norm:  # same logits, fewer ops (export.optimize); not yet measured faster
+        model = fold_batch_norm_if_functional(model)
+    return SegmentationPipeline(model, **options)

@@ -1,8 +1,8 @@
 """TFLite conversion (fp32, fp16, dynamic-range int8, full int8) and a LiteRT runner.
 
 The converted graph is the model itself: raw pixels in [0, 255] `[1, H, W, C]` to logits
-`[1, H, W, K]`; padding/resizing to a usable size and the argmax are done by the caller
-(`TFLiteSegmenter.class_ids`) the same way as the SavedModel signatures do. Full int8 takes
+`[1, H, W, K]`. `TFLiteSegmenter` runs it inside `evaluation.inference.SegmentationPipeline`,
+the size handling and argmax of `evaluate.py` and of the SavedModel signatures. Full int8 takes
 uint8 pixels directly (its input scale is 1, zero point 0 for calibration data spanning
 0..255) and returns float32 logits. Height and width are fixed (`input_size`) or dynamic
 (`input_size=None`: the interpreter is resized to each image).
@@ -16,8 +16,9 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_fusionseg.export.saved_model import main_logits
+from keras_fusionseg.evaluation.inference import SegmentationPipeline, main_logits, pad_to_multiple
 from keras_fusionseg.layers.atrous import native_dilated_convs
+from keras_fusionseg.layers.common import resize_bilinear
 
 QUANTIZATIONS = ("fp32", "fp16", "dynamic_int8", "full_int8")
 
@@ -117,19 +118,22 @@ def _interpreter_class():
     return Interpreter
 
 
-class TFLiteSegmenter:
-    """Runs a `.tflite` segmentation model made by `convert_to_tflite` with LiteRT.
+class TFLiteModel:
+    """A `.tflite` segmentation model made by `convert_to_tflite`, called like a Keras model.
+
+    `model(images [B, h, w, C] raw pixels)` -> float32 logits `[B, h, w, K]` at the given
+    size (full int8: pixels quantized with the input scale, logits dequantized). Dynamic-shape
+    models take any size; the interpreter is resized when the size changes. Size handling is
+    `SegmentationPipeline`'s (see `TFLiteSegmenter`).
 
     Args:
         model: path of a `.tflite` file or its bytes.
         num_threads: int or None, interpreter threads.
-        size_divisor: int, dynamic-shape models get images padded to a multiple of it (the
-            SavedModel's "pad" policy); 1 (default) runs them on the image as it is (its
-            "whole" policy, what `evaluate.py` scores). Fixed-shape models get images resized.
-        pad_value: float, raw pixel value of the padding.
     """
 
-    def __init__(self, model, *, num_threads=None, size_divisor=1, pad_value=127.5):
+    kind = "tflite"
+
+    def __init__(self, model, *, num_threads=None):
         if isinstance(model, bytes | bytearray):
             content = bytes(model)
             self.path = None
@@ -145,14 +149,13 @@ class TFLiteSegmenter:
             raise ValueError(
                 f"Cannot read TFLite model {self.path or '<bytes>'}: {error}"
             ) from error
-        self.size_divisor = size_divisor
-        self.pad_value = pad_value
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         signature = self._input["shape_signature"]
         self.dynamic = bool(signature[1] < 0 or signature[2] < 0)
         self.input_size = None if self.dynamic else (int(signature[1]), int(signature[2]))
         self.channels = int(signature[3])
+        self.input_shape = (1, *(self.input_size or (None, None)), self.channels)
         self.input_dtype = self._input["dtype"]
         self._shape = None
         if not self.dynamic:
@@ -166,11 +169,8 @@ class TFLiteSegmenter:
             self._shape = shape
             self._output = self.interpreter.get_output_details()[0]
 
-    def logits(self, image):
-        """Logits (1, h, w, K) float32 of one image (1, h, w, C) at the model's own size."""
-        image = np.asarray(image)
-        if image.ndim == 3:
-            image = image[None]
+    def _invoke(self, image):
+        """Logits (1, h, w, K) float32 of one image (1, h, w, C)."""
         self._set_shape(tuple(image.shape))
         if self.input_dtype == np.float32:
             x = image.astype(np.float32)
@@ -187,35 +187,30 @@ class TFLiteSegmenter:
             out = (out.astype(np.float32) - zero_point) * scale
         return out
 
-    def full_logits(self, image):
-        """Logits (H, W, K) of one uint8 image (H, W, C) of any size."""
-        image = np.asarray(image)
-        if image.ndim == 2:
-            image = image[..., None]
-        if image.shape[-1] != self.channels:
-            raise ValueError(
-                f"The TFLite model takes {self.channels}-channel images, received shape {image.shape}."
-            )
-        height, width = image.shape[:2]
-        if self.dynamic:
-            d = self.size_divisor
-            padded = np.pad(
-                image.astype(np.float32),
-                [(0, -height % d), (0, -width % d), (0, 0)],
-                constant_values=self.pad_value,
-            )
-            if self.input_dtype != np.float32:
-                padded = np.round(padded)
-            return self.logits(padded)[0, :height, :width]
-        resized = tf.image.resize(image[None].astype(np.float32), self.input_size).numpy()
-        if self.input_dtype != np.float32:
-            resized = np.round(resized)
-        logits = self.logits(resized)
-        return tf.image.resize(logits, (height, width)).numpy()[0]
+    def __call__(self, images, training=False):
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        return np.concatenate([self._invoke(image[None]) for image in images])
 
-    def class_ids(self, image):
-        """int32 class ids (H, W) of one uint8 image (H, W, C) of any size."""
-        return np.argmax(self.full_logits(image), axis=-1).astype(np.int32)
+
+class TFLiteSegmenter(SegmentationPipeline):
+    """`SegmentationPipeline` (the inference path of `evaluate.py` and the SavedModel) around a
+    `.tflite` model run with LiteRT: `class_ids(image)`, `logits(image)`, ... of any size.
+
+    Args:
+        model: path of a `.tflite` file or its bytes.
+        num_threads: int or None, interpreter threads.
+        **size_options: `SegmentationPipeline` size handling; default: the image as it is
+            for dynamic-shape models (what `evaluate.py` scores), resized for fixed ones.
+    """
+
+    def __init__(self, model, *, num_threads=None, **size_options):
+        super().__init__(TFLiteModel(model, num_threads=num_threads), **size_options)
+
+    @property
+    def interpreter(self):
+        return self.model.interpreter
 
 
 def representative_images(
@@ -233,13 +228,14 @@ def representative_images(
 
     Images come from `keras_fusionseg.data.load_split` + `eval_pipeline` (original resolution),
     then are padded to a multiple of `size_divisor` (dynamic models) or resized to
-    `input_size` (fixed models), exactly like `TFLiteSegmenter.full_logits` does.
+    `input_size` (fixed models) with the functions `SegmentationPipeline` uses at inference.
 
     Args:
         source, split, data_dir: see `keras_fusionseg.data.load_split`.
         num_images: int, how many images (the first ones of the split).
         input_size: None or (height, width).
-        size_divisor, pad_value: padding for dynamic models (1: none, as `TFLiteSegmenter`).
+        size_divisor, pad_value: padding for dynamic models (1: none, the "whole" policy
+            `TFLiteSegmenter` runs by default).
         channels: int, model input channels.
 
     Returns:
@@ -252,16 +248,12 @@ def representative_images(
     ).take(num_images)
     images = []
     for image, _ in dataset.as_numpy_iterator():
+        image = tf.cast(image, tf.float32)
         if input_size is not None:
-            image = tf.image.resize(image, input_size).numpy()
+            image = resize_bilinear(image, input_size)
         else:
-            _, height, width, _ = image.shape
-            image = np.pad(
-                image,
-                [(0, 0), (0, -height % size_divisor), (0, -width % size_divisor), (0, 0)],
-                constant_values=pad_value,
-            )
-        images.append(np.round(image).astype(np.float32))
+            image = pad_to_multiple(image, size_divisor, value=pad_value)
+        images.append(np.round(image.numpy()))
     if not images:
         raise ValueError(f"No calibration images in split {split!r} of {source!r}.")
     return images
