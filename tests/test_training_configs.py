@@ -48,7 +48,13 @@ def test_camvid_variant_equals_the_config_file_it_replaced(old_file):
 
 def test_baseline_file_and_bare_camvid_config_are_the_baseline_variant():
     """README, the preset's metadata and make_preset name the baseline file: it stays."""
-    baseline = expected_fields("deeplabv3plus_mobilenetv2_camvid")
+    # The one deliberate change since the files: the baseline trains with AdamW (README).
+    baseline = {
+        **expected_fields("deeplabv3plus_mobilenetv2_camvid"),
+        "train.optimizer": "'adamw'",
+        "train.learning_rate": "0.002",
+        "train.weight_decay": "0.01",
+    }
     assert flatten(load_config("deeplabv3plus_mobilenetv2_camvid")) == baseline
     assert flatten(load_config("camvid")) == baseline
     # As scripts/train.py reads --config=configs/camvid.py:model=pspnet (ml_collections).
@@ -71,7 +77,13 @@ def test_camvid_variant_keys_set_their_fields():
     )
     assert config.model.name == "gffnet" and config.model.output_stride == 16
     assert config.train.optimizer == "adamw" and config.mixed_precision == "mixed_bfloat16"
-    assert (config.train.learning_rate, config.train.weight_decay) == (1e-3, 1e-2)  # ADAMW
+    assert (config.train.learning_rate, config.train.weight_decay) == (2e-3, 1e-2)
+    sgd = load_config("camvid:optimizer=sgd")  # the baseline's L2 back, with SGD's rate
+    assert (sgd.train.optimizer, sgd.train.learning_rate, sgd.train.weight_decay) == (
+        "sgd",
+        0.05,
+        4e-5,
+    )
     assert config.model.aux_outputs and config.model.backbone == "resnet50"
     config_lib.check_fields(config, "camvid")
 
