@@ -191,6 +191,7 @@ def server(tmp_path_factory):
         f"--saved_model={export_dir}",
         f"--model_name={MODEL}",
         f"--num_classes={NUM_CLASSES}",
+        "--max_pixels=10800",  # 120 x 90: larger images are shrunk by the page
         "--port=0",
         "--stop_after_seconds=900",  # a leftover process cannot outlive the test run by much
     ]
@@ -341,12 +342,14 @@ def test_chosen_image_overlay_matches_the_api_class_ids(page, server, tmp_path):
 
 
 @pytest.mark.slow  # a server subprocess and a browser
-def test_dropped_images_and_a_file_that_is_not_an_image(page, server):
+def test_dropped_images_a_large_one_shrunk_and_a_file_that_is_not_an_image(page, server):
     rng = np.random.default_rng(11)
-    for height, width in ((48, 64), (70, 40)):  # each drop replaces the previous result
+    # Each drop replaces the previous result. The server's --max_pixels is 120 * 90, so the
+    # page shrinks the 150x100 image to 127x84 before sending it; the overlay must then match
+    # the API's answer for the pixels the page shows (read from the page: its resampling is
+    # the browser's).
+    for height, width, shown in ((48, 64, (48, 64)), (70, 40, (70, 40)), (100, 150, (84, 127))):
         image = camvid_like_image(rng, height, width)
-        png = _png(image)
-        ids = _api_class_ids(server, png)
         page.evaluate("document.body.dataset.state = 'ready'")  # not the previous 'done'
         page.evaluate(
             """([b64, name]) => {
@@ -356,11 +359,17 @@ def test_dropped_images_and_a_file_that_is_not_an_image(page, server):
                 const drop = document.getElementById("drop");
                 drop.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
             }""",
-            [base64.b64encode(png).decode(), f"street_{width}x{height}.png"],
+            [base64.b64encode(_png(image)).decode(), f"street_{width}x{height}.png"],
         )
         state, status = _wait_for_answer(page)
         assert state == "done", status
-        assert f"{width}x{height}" in status
+        if shown != (height, width):
+            assert f"{shown[1]}x{shown[0]} (shrunk from {width}x{height})" in status, status
+            shown_pixels = page.evaluate("Array.from(state.pixels.data)")
+            image = np.asarray(shown_pixels, np.uint8).reshape(*shown, 4)[..., :3]
+        else:
+            assert f"{width}x{height}," in status, status
+        ids = _api_class_ids(server, _png(image))
         np.testing.assert_array_equal(_overlay_pixels(page), overlay(image, ids, PALETTE))
         _check_legend(_legend(page), ids)
 
