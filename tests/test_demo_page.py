@@ -171,6 +171,27 @@ def test_demo_page_rejects_bad_palettes():
         DemoPage(["a"], [[0, 0, 0]], alpha=2)
 
 
+def test_serve_script_chooses_the_page_labels(load_script, tmp_path):
+    from absl import flags
+
+    serve = load_script("serve")
+    saved_model = tmp_path / "export" / "saved_model"
+    saved_model.mkdir(parents=True)
+    flags.FLAGS(["serve.py", f"--saved_model={saved_model}", "--num_classes=4"])
+    names, palette = serve.page_labels(str(saved_model))  # nothing recorded: generic
+    assert names == ["class 0", "class 1", "class 2", "class 3"]
+    np.testing.assert_array_equal(palette, default_palette(4))
+    # The dataset recorded by scripts/export.py next to the SavedModel.
+    (tmp_path / "export" / "export_config.json").write_text(json.dumps({"dataset": "camvid"}))
+    names, palette = serve.page_labels(str(saved_model))
+    assert names[:2] == ["Sky", "Building"] and len(palette) == 11
+    preset = (["road", "car"], np.array([[1, 2, 3], [4, 5, 6]]))
+    assert serve.page_labels(str(saved_model), preset) is preset  # a preset's own labels
+    flags.FLAGS["dataset"].value = "pascal_voc"  # --dataset wins over both
+    names, _ = serve.page_labels(str(saved_model), preset)
+    assert names[0] == "background" and len(names) == 21
+
+
 # --- the page in Chromium ---------------------------------------------------------------------
 
 
