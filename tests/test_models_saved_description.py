@@ -139,7 +139,7 @@ def test_inference_model_keeps_the_description_without_aux_outputs(tmp_path):
     assert isinstance(served, models.SegmentationModel)
     assert served.build_arguments == {**model.build_arguments, "aux_outputs": False}
     assert served.loss_spec == {"logits": (models.SEGMENTATION, 1.0)}
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(served))
+    clone = saved_and_loaded(served, tmp_path / "served.keras")
     assert clone.dataset == {"name": "camvid"} and clone.build_arguments["model"] == "encnet"
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(clone(x), model(x)["logits"], atol=1e-5)

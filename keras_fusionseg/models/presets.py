@@ -253,7 +253,7 @@ def inference_model(model):
             raise ValueError(f"A dict-output model needs a 'logits' output, got {sorted(outputs)}.")
         if isinstance(model, SegmentationModel):
             return SegmentationModel(
-                model.inputs,
+                model.inputs[0] if len(model.inputs) == 1 else model.inputs,
                 outputs["logits"],
                 name=model.name,
                 build_arguments={**model.build_arguments, "aux_outputs": False},

@@ -318,10 +318,12 @@ def describe_model(model=None, *, path=None, metadata=None):
 
 
 def _num_classes(model):
+    """Channels of the model's (logits) output, None when not static or not a functional model."""
     try:
-        shape = model.output_shape
+        output = model.output
     except (AttributeError, ValueError):
         return None
-    if isinstance(shape, dict):
-        shape = shape.get("logits")
-    return shape[-1] if shape and isinstance(shape[-1], int) else None
+    if isinstance(output, dict):
+        output = output.get("logits")
+    channels = getattr(output, "shape", (None,))[-1]
+    return channels if isinstance(channels, int) else None
