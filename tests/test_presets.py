@@ -387,9 +387,11 @@ def test_serve_script_with_preset(presets_env, tmp_path, load_script, capsys):
     run_script(script, [f"--preset={NAME}", "--port=0", "--stop_after_seconds=0.5"])
     output = capsys.readouterr().out
     assert f"Serving {NAME!r} at http://127.0.0.1:" in output
-    assert output.rstrip().endswith(f"/v1/models/{NAME}")
-    saved_model = script.export_preset(NAME, str(tmp_path))
+    serving_line = next(line for line in output.splitlines() if line.startswith("Serving"))
+    assert serving_line.endswith(f"/v1/models/{NAME}")
+    saved_model, (class_names, _) = script.export_preset(NAME, str(tmp_path))
     assert os.path.isfile(os.path.join(saved_model, "saved_model.pb"))
+    assert list(class_names) == list(models.load_preset_metadata(NAME)["dataset"]["class_names"])
     with pytest.raises(flags.IllegalFlagValueError, match="Exactly one of \\(saved_model, preset"):
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["serve", f"--preset={NAME}", "--saved_model=x"])
