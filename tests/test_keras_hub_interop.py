@@ -187,11 +187,9 @@ def test_every_backbone_of_ours_has_tiny_options_here():
     assert sorted(OUR_TINY_BACKBONES) == backbones.list_backbones()
 
 
-@pytest.mark.parametrize("name", sorted(OUR_TINY_BACKBONES))
-def test_our_backbone_drives_keras_hub_deeplabv3(keras_hub, name, rng):
+def keras_hub_deeplabv3(keras_hub, ours):
     # keras-hub's head upsamples by 2**(digit of the key) / upsampling_size, so it assumes
-    # "P5" at stride 32: output stride 32.
-    ours = backbones.build_backbone(name, output_stride=32, **OUR_TINY_BACKBONES[name])
+    # "P5" at stride 32: our backbones must be built at output stride 32.
     deeplab = keras_hub.models.DeepLabV3Backbone(
         image_encoder=ours,
         low_level_feature_key="P2",
@@ -199,8 +197,30 @@ def test_our_backbone_drives_keras_hub_deeplabv3(keras_hub, name, rng):
         upsampling_size=8,
         dilation_rates=[6, 12, 18],
     )
-    segmenter = keras_hub.models.DeepLabV3ImageSegmenter(backbone=deeplab, num_classes=NUM_CLASSES)
+    return keras_hub.models.DeepLabV3ImageSegmenter(backbone=deeplab, num_classes=NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", sorted(OUR_TINY_BACKBONES))
+def test_our_backbone_drives_keras_hub_deeplabv3(keras_hub, name, rng):
+    ours = backbones.build_backbone(name, output_stride=32, **OUR_TINY_BACKBONES[name])
+    segmenter = keras_hub_deeplabv3(keras_hub, ours)
     y = segmenter(image(rng), training=False)  # raw pixels: our backbone normalises them
     assert y.shape == (1, HEIGHT, WIDTH, NUM_CLASSES), name
     assert np.all(np.isfinite(y))
     assert {id(w) for w in ours.weights} <= {id(w) for w in segmenter.weights}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="our backbones are plain functional models whose `pyramid_outputs` is an attribute "
+    "set after construction, so a loaded copy has none, and keras-hub's DeepLabV3Backbone "
+    "needs it when it rebuilds itself from its config",
+)
+def test_keras_hub_deeplabv3_on_our_backbone_roundtrips_keras_file(keras_hub, tmp_path, rng):
+    ours = backbones.build_backbone("resnet50", output_stride=32, **OUR_TINY_BACKBONES["resnet50"])
+    segmenter = keras_hub_deeplabv3(keras_hub, ours)
+    x = image(rng)
+    y = segmenter(x, training=False)
+    segmenter.save(tmp_path / "segmenter.keras")
+    clone = keras.models.load_model(tmp_path / "segmenter.keras")
+    np.testing.assert_allclose(clone(x, training=False), y, atol=1e-5)
