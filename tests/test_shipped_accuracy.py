@@ -116,6 +116,8 @@ def test_every_path_gives_the_evaluated_class_ids_on_odd_sizes(shipped, tmp_path
         served = np.asarray(service.predict(body)["predictions"][0])
         np.testing.assert_array_equal(served, predict_ids, err_msg=f"serving {image.shape}")
         # TFLite fp32 logits differ from TensorFlow's by ~1e-5: only near-ties may flip.
+        # Measured: 0 of these 35,288 pixels (0 of 516,488 with the 100x113 and 360x480
+        # scenes above), oneDNN on and off.
         lite_ids = lite.class_ids(image)
         changed = lite_ids != predict_ids
         top2 = np.sort(keras_logits(image).numpy(), axis=-1)[..., -2:]
