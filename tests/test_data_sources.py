@@ -411,10 +411,10 @@ def test_encoded_split_is_explicit_and_decodes_after_the_shuffle(tmp_path, rng):
                 data.training_pipeline(
                     ds, crop_size=8, batch_size=2, seed=3, deterministic=True, repeat=True
                 )
-                .take(3)
+                .take(2)
                 .as_numpy_iterator()
             )
-            for ds in (encoded, decoded, decoded.map(lambda e: e))
+            for ds in (encoded, decoded.map(lambda e: e))  # a plain dataset, mapped
         ]
         for other in batches[1:]:
             for (image, label), (other_image, other_label) in zip(batches[0], other, strict=True):
