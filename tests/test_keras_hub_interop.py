@@ -72,10 +72,16 @@ def image(rng, height=HEIGHT, width=WIDTH):
     return rng.uniform(0, 255, size=(1, height, width, 3)).astype("float32")
 
 
+# keras-hub backbones start their pyramid at stride 4: DUpsampling fuses "P2" instead of its
+# default stride-2 "P1".
+ON_KERAS_HUB = {"dunet": {"fused_features": ("P2", "P4")}}
+
+
 def head_options(name):
     """The model's tiny options without its own backbone."""
     tiny = models.get_model_spec(name).tiny
-    return {k: v for k, v in tiny.items() if k not in ("backbone", "backbone_options")}
+    options = {k: v for k, v in tiny.items() if k not in ("backbone", "backbone_options")}
+    return {**options, **ON_KERAS_HUB.get(name, {})}
 
 
 # --- The adapter ------------------------------------------------------------------------------

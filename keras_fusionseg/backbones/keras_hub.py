@@ -1,12 +1,13 @@
 """Any keras-hub feature-pyramid backbone (ResNet, MiT, ...) as a backbone of our models.
 
 keras-hub backbones expose `pyramid_outputs`, but two things differ from our contract
-(`registry`): they take already preprocessed images (the preset's image converter rescales raw
-pixels), and not every one keys its levels by stride: ResNet's `"P2".."P5"` are strides
-4..32 as ours, MiT's `"P1".."P4"` are strides 4..32 too. `from_keras_hub` adds the
-normalisation as the first layer (so models take raw [0, 255] pixels like every other model
-here) and renames the levels by their measured stride. keras-hub itself is not imported: any
-functional `keras.Model` with a `pyramid_outputs` dict works.
+(`registry`): they take preprocessed images (the preset's image converter rescales raw pixels),
+and not all key their levels by stride: ResNet's `"P2".."P5"` have strides 4..32 like ours,
+MiT's `"P1".."P4"` (one per stage) have strides 4..32 as well. `from_keras_hub` adds the
+normalisation as the first layer, so models take raw [0, 255] pixels like every other model
+here, and renames the levels by their measured stride. keras-hub itself is not imported: any
+functional `keras.Model` with a `pyramid_outputs` dict works. Loading a saved model that uses
+it needs this module imported (it registers `KerasHubFeatures`) and keras-hub installed.
 
 Example:
 
