@@ -409,7 +409,13 @@ def test_encoded_split_is_explicit_and_decodes_after_the_shuffle(tmp_path, rng):
         batches = [
             list(
                 data.training_pipeline(
-                    ds, crop_size=8, batch_size=2, seed=3, deterministic=True, repeat=True
+                    ds,
+                    crop_size=8,
+                    batch_size=2,
+                    seed=3,
+                    deterministic=True,
+                    repeat=True,
+                    shuffle_buffer=6,
                 )
                 .take(2)
                 .as_numpy_iterator()
