@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_fusionseg.layers.common import ImageNormalization
+from keras_fusionseg.layers.common import PACKAGE, ImageNormalization
 
 
 def check_int_tuple(name, value, length=None):
@@ -52,8 +52,21 @@ def l2_regularizer(weight_decay):
 
 def pyramid_model(inputs, pyramid, output_stride, name):
     """Functional model with dict outputs `pyramid` and the registry's attributes."""
-    model = keras.Model(inputs, pyramid, name=name)
-    model.pyramid_outputs = pyramid
-    model.pyramid_channels = {key: int(t.shape[-1]) for key, t in pyramid.items()}
-    model.output_stride = output_stride
-    return model
+    return PyramidBackbone(inputs, pyramid, output_stride=output_stride, name=name)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PyramidBackbone(keras.Model):
+    """A functional backbone (dict of pyramid levels out) whose `pyramid_outputs`,
+    `pyramid_channels` and `output_stride` survive a `.keras` save/load, so wrappers that read
+    them after loading (keras-hub's `DeepLabV3ImageSegmenter`) rebuild."""
+
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        output_stride = kwargs.pop("output_stride", None)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self.pyramid_outputs = dict(outputs)
+        self.pyramid_channels = {key: int(t.shape[-1]) for key, t in outputs.items()}
+        self.output_stride = output_stride
+
+    def get_config(self):
+        return {**super().get_config(), "output_stride": self.output_stride}
