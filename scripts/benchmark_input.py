@@ -13,9 +13,6 @@ import time
 
 from absl import app, flags
 
-from keras_fusionseg import data
-from keras_fusionseg.data import sources, tfrecords
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "../shared/data/camvid", "CamVid folder (images/, labels/).")
 flags.DEFINE_string("tfrecord_dir", None, "Reuse/keep TFRecords here (default: a temp dir).")
@@ -33,6 +30,8 @@ def _cpu_seconds():
 
 def measure(pattern):
     """(images/s, CPU ms per image) of the full training pipeline on the shards `pattern`."""
+    from keras_fusionseg import data
+
     # Encoded records: the pipeline shuffles them and decodes after, as training does.
     ds = data.load_encoded_split(pattern, "train", num_classes=11)
     pipeline = data.training_pipeline(
@@ -56,6 +55,8 @@ def measure(pattern):
 
 def main(argv):
     del argv
+    from keras_fusionseg.data import sources, tfrecords
+
     with tempfile.TemporaryDirectory() as temp:
         folder = FLAGS.tfrecord_dir or temp
         output = os.path.join(folder, "camvid-train.tfrecord")

@@ -1,4 +1,4 @@
-"""Evaluates a trained checkpoint on the config's validation split.
+r"""Evaluates a trained checkpoint on the config's validation split.
 
     python scripts/evaluate.py --workdir=runs/quickstart                  # whole images
     python scripts/evaluate.py --workdir=runs/quickstart --config.eval.mode=multiscale
@@ -17,17 +17,22 @@ with: train.py's --strategy and --mixed_precision have no counterpart here.
 """
 
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Loading a config file imports the library and TensorFlow: --help does without the default.
+_HELP = ("help", "helpshort", "helpfull", "helpxml", "?")
+_ASKS_HELP = any(arg[:1] == "-" and arg.lstrip("-") in _HELP for arg in sys.argv[1:])
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(REPO, "configs", "quickstart.py"), "Python config file (configs/*.py)."
+    "config",
+    None if _ASKS_HELP else os.path.join(REPO, "configs", "quickstart.py"),
+    "Config file: configs/<name>.py or configs/<name>.py:<variant> (default configs/quickstart.py).",
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder (default runs/<config name>).")
 _CHECKPOINT = flags.DEFINE_string(
@@ -89,7 +94,10 @@ def main(argv):
             config = _with_overrides(presets.training_config(metadata))
         name = os.path.basename(os.path.normpath(_PRESET.value))
     else:
-        name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+        path, _, variant = flags.FLAGS["config"].config_filename.partition(":")
+        name = "_".join(
+            [os.path.splitext(os.path.basename(path))[0], *re.findall(r"[\w.]+", variant)]
+        )
     workdir = _WORKDIR.value or os.path.join("runs", name)
     output_dir = _OUTPUT_DIR.value or os.path.join(workdir, f"eval_{config.eval.mode}")
     source = f"preset {_PRESET.value!r}" if _PRESET.value else None

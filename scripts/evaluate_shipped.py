@@ -12,11 +12,9 @@ Each row gives mIoU, pixel accuracy and the share of pixels whose class equals t
 
 import json
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from absl import app, flags  # noqa: E402
 

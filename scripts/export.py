@@ -1,4 +1,4 @@
-"""Exports a trained model: a SavedModel with raw-image signatures, and optionally TFLite files.
+r"""Exports a trained model: a SavedModel with raw-image signatures, and optionally TFLite files.
 
     python scripts/export.py --model=runs/quickstart --output=exported/quickstart
     python scripts/export.py --model=model.keras --output=exported/m --size_policy=resize \
@@ -15,10 +15,8 @@ dataset unless `--calibration_source` is given).
 
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from absl import app, flags  # noqa: E402
 

@@ -4,7 +4,7 @@
     python scripts/serve.py --saved_model=exported/m/saved_model --model_name=shapes
     python scripts/serve.py --preset=deeplabv3plus_mobilenetv2_camvid   # /v1/models/<preset>
     curl localhost:8501/v1/models/shapes
-    printf '{"instances": [{"b64": "%s"}]}' "$(base64 -w0 image.png)" > request.json
+    printf '{"instances": [{"b64": "%%s"}]}' "$(base64 -w0 image.png)" > request.json
     curl -d @request.json localhost:8501/v1/models/shapes:predict
     # or open http://localhost:8501/ in a browser: the demo page (--nodemo_page: off)
 
@@ -23,10 +23,8 @@ stops the script with TensorFlow's error. Binds to 127.0.0.1 unless --host says 
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from absl import app, flags, logging  # noqa: E402
 

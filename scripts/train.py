@@ -1,8 +1,9 @@
-"""Trains a segmentation model from a config file, then evaluates it.
+r"""Trains a segmentation model from a config file, then evaluates it.
 
     python scripts/train.py                       # quick start: tiny DeepLabv3+ on synthetic_shapes
     python scripts/train.py --config=configs/deeplabv3plus_mobilenetv2_camvid.py \
         --workdir=runs/camvid --config.train.max_steps=5
+    python scripts/train.py --config=configs/camvid.py:model=pspnet   # workdir runs/camvid_model_pspnet
 
 Outputs in --workdir (default runs/<config file name>): checkpoints/, logs/ (TensorBoard),
 metrics.json, confusion_matrix.csv/.png. Re-running a killed run with the same command
@@ -10,17 +11,22 @@ resumes from its last backup.
 """
 
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Loading a config file imports the library and TensorFlow: --help does without the default.
+_HELP = ("help", "helpshort", "helpfull", "helpxml", "?")
+_ASKS_HELP = any(arg[:1] == "-" and arg.lstrip("-") in _HELP for arg in sys.argv[1:])
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(REPO, "configs", "quickstart.py"), "Python config file (configs/*.py)."
+    "config",
+    None if _ASKS_HELP else os.path.join(REPO, "configs", "quickstart.py"),
+    "Config file: configs/<name>.py or configs/<name>.py:<variant> (default configs/quickstart.py).",
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<config name>).")
 _STRATEGY = flags.DEFINE_enum(
@@ -41,8 +47,9 @@ _CPU_DEVICES = flags.DEFINE_integer(
 
 
 def config_name():
-    path = flags.FLAGS["config"].config_filename
-    return os.path.splitext(os.path.basename(path))[0]
+    """camvid for configs/camvid.py; camvid_model_pspnet for configs/camvid.py:model=pspnet."""
+    path, _, variant = flags.FLAGS["config"].config_filename.partition(":")
+    return "_".join([os.path.splitext(os.path.basename(path))[0], *re.findall(r"[\w.]+", variant)])
 
 
 def main(argv):
