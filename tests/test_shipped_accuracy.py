@@ -49,6 +49,7 @@ def _scores(class_ids_fn, examples):
     return evaluation.iou_from_confusion(confusion)["mean_iou"], ids
 
 
+@pytest.mark.slow  # SavedModel export and TFLite conversion of a MobileNetV2 model
 def test_saved_model_and_tflite_ship_the_evaluated_accuracy(shipped):
     model, root = shipped
     examples = _scenes((((100, 113), 12), ((360, 480), 2)))
@@ -76,6 +77,7 @@ def _evaluate_mismatch(model, image, class_ids):
     return int(confusion.sum() - np.trace(confusion))
 
 
+@pytest.mark.slow  # SavedModel export and TFLite conversion of a MobileNetV2 model
 def test_every_path_gives_the_evaluated_class_ids_on_odd_sizes(shipped, tmp_path):
     # evaluate(), predict (predict_files on the .keras file, as scripts/predict.py), the
     # SavedModel's serving_default signature, the serving REST service and the fp32 TFLite
@@ -128,10 +130,10 @@ def test_every_path_gives_the_evaluated_class_ids_on_odd_sizes(shipped, tmp_path
     assert tflite_changed / pixels <= 1e-3, (tflite_changed, pixels)
 
 
-def test_old_constant_padding_default_would_not_ship_it(shipped):
+def test_old_constant_padding_default_would_not_ship_it():
     # Guards the choice of default: padding 360x480 images to 384x480 with grey changes
     # the predictions near the bottom edge, so it cannot be the default.
-    model, _ = shipped
+    model = export.load_keras_model(CHECKPOINT)
     image = _scenes((((360, 480), 2),))[-1][0]
     padded = export.SegmentationPipeline(model, size_policy="pad", pad_mode="constant")
     whole = export.SegmentationPipeline(model)
