@@ -13,6 +13,7 @@ The interpreter is `ai_edge_litert` (`tf.lite.Interpreter` is deprecated in TF 2
 import os
 import warnings
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -102,9 +103,11 @@ def _configure(converter, quantization, representative_images, num_calibration, 
             raise ValueError("`representative_images` is empty.")
 
         def representative_dataset():
-            for image in images:
+            progress = keras.utils.Progbar(len(images), unit_name="calibration image")
+            for done, image in enumerate(images, start=1):
                 image = np.asarray(image, np.float32)
                 yield [image.reshape((1,) + image.shape[-3:])]
+                progress.update(done)
 
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
