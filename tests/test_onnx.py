@@ -103,6 +103,7 @@ def test_onnx_without_the_extra_names_it(tmp_path, monkeypatch):
         export_onnx(model, tmp_path / "x.onnx")
 
 
+@pytest.mark.slow
 def test_export_script_writes_onnx_with_class_ids(tmp_path, rng, load_script):
     """`scripts/export.py --onnx` writes model.onnx whose class ids are the Keras argmax."""
     import keras

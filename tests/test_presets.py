@@ -128,6 +128,7 @@ def test_round_trip_gives_the_checkpoint_logits(trained, preset_root):
         assert np.mean(stored.argmax(-1) == original.argmax(-1)) > 0.99
 
 
+@pytest.mark.slow
 def test_float32_storage_is_exact(trained, tmp_path):
     presets.save_preset(
         trained["checkpoint"],
@@ -145,6 +146,7 @@ def test_float32_storage_is_exact(trained, tmp_path):
     assert metadata["weights"]["storage_check"]["max_abs_logits_diff"] == 0.0
 
 
+@pytest.mark.slow
 def test_evaluate_records_the_val_change(trained, tmp_path):
     _, metadata = presets.save_preset(
         trained["checkpoint"],
@@ -286,6 +288,7 @@ def run_script(module, argv):
     module.main([])
 
 
+@pytest.mark.slow
 def test_make_preset_script_refuses_to_overwrite(trained, tmp_path, load_script, capsys):
     script = load_script("make_preset")
     argv = [
@@ -365,6 +368,7 @@ def test_evaluate_script_with_preset_uses_its_training_config(
         flags.FLAGS(["evaluate", f"--preset={NAME}", "--checkpoint=c.keras"])
 
 
+@pytest.mark.slow
 def test_export_script_with_preset(presets_env, trained, in_tmp, load_script):
     import tensorflow as tf
 
@@ -382,6 +386,7 @@ def test_export_script_with_preset(presets_env, trained, in_tmp, load_script):
         flags.FLAGS(["export", f"--preset={NAME}", "--model=m.keras", "--output=o"])
 
 
+@pytest.mark.slow
 def test_serve_script_with_preset(presets_env, tmp_path, load_script, capsys):
     script = load_script("serve")
     run_script(script, [f"--preset={NAME}", "--port=0", "--stop_after_seconds=0.5"])
