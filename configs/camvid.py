@@ -10,6 +10,9 @@ it to `get_config(arg)`); no variant is the baseline (`configs/deeplabv3plus_mob
 is that baseline under its preset name). Keys, each checked against the module that defines
 its values:
 - model: a model with a recipe in `VARIANTS` below (names: `keras_fusionseg.models.list_models()`);
+- backbone: `mobilenetv2` takes the model's recipe from `MOBILENETV2_VARIANTS` instead: the
+  equal-budget design comparison (README "Model zoo"), every design on the baseline's
+  MobileNetV2 x1.0 with the baseline's data, AdamW schedule and budget;
 - output_stride: replaces the recipe's (`keras_fusionseg.backbones.VALID_OUTPUT_STRIDES`);
 - optimizer: `keras_fusionseg.training.config.OPTIMIZERS`; it also sets that optimizer's
   learning rate (and AdamW's decoupled decay) from `OPTIMIZER_SETTINGS`; the baseline trains
@@ -106,6 +109,25 @@ VARIANTS = {
     ),
 }
 
+# The design comparison on the baseline's backbone (MobileNetV2 x1.0, from scratch, output
+# stride 16 as the baseline, AdamW as the baseline). Head widths are half the papers' (the
+# baseline's ASPP and decoder are 128 wide instead of 256), auxiliary heads as in the papers.
+MOBILENETV2 = {"backbone": "mobilenetv2", "backbone_options": {"alpha": 1.0}}
+MOBILENETV2_VARIANTS = {
+    "deeplabv3plus": VARIANTS["deeplabv3plus"],
+    # PSPNet: pyramid pooling on "P5" (320 ch), 3x3 conv to 256 (paper 512); FCN aux head on
+    # "P4" (96 ch, 128 wide; paper 256) with weight 0.4.
+    "pspnet": {
+        "model": {
+            **MOBILENETV2,
+            "output_stride": 16,
+            "aux_outputs": True,
+            "options": {"head_width": 256, "aux_width": 128},
+        },
+        "train": {"optimizer": "adamw", "weight_decay": 4e-5},  # L2 if optimizer=sgd
+    },
+}
+
 # Per optimizer: its starting rate (and AdamW's decoupled decay, which replaces the recipe's L2).
 # AdamW's are the baseline's (56.8 val mIoU in 60 minutes, README); not tuned for ResNet-50.
 OPTIMIZER_SETTINGS = {
@@ -113,13 +135,19 @@ OPTIMIZER_SETTINGS = {
     "adamw": {"learning_rate": 2e-3, "weight_decay": 1e-2},
 }
 
-KEYS = ("model", "output_stride", "optimizer", "precision")
+KEYS = ("model", "backbone", "output_stride", "optimizer", "precision")
+BACKBONES = ("resnet50", "mobilenetv2")  # which recipe table: VARIANTS or MOBILENETV2_VARIANTS
 
 
 def sqrt_median_frequency_weights(shares):
     ordered = sorted(shares)
     median = ordered[len(ordered) // 2]
     return tuple(round((median / share) ** 0.5, 4) for share in shares)
+
+
+def recipe_table(variant):
+    """The recipes a parsed variant picks from: MobileNetV2's or the ResNet-50 ones."""
+    return MOBILENETV2_VARIANTS if variant.get("backbone") == "mobilenetv2" else VARIANTS
 
 
 def parse_variant(arg):
@@ -131,10 +159,16 @@ def parse_variant(arg):
             f"configs/camvid.py variant {arg!r}: unknown key(s) {unknown}; keys: {list(KEYS)}."
         )
     models.get_model_spec(variant["model"])  # an unregistered name: the registry's error
-    if variant["model"] not in VARIANTS:
+    if variant.get("backbone", BACKBONES[0]) not in BACKBONES:
         raise ValueError(
-            f"configs/camvid.py has no recipe for model {variant['model']!r}; models with a "
-            f"recipe: {sorted(VARIANTS)}."
+            f"configs/camvid.py variant: backbone must be one of {list(BACKBONES)}, "
+            f"received {variant['backbone']!r}."
+        )
+    recipes = recipe_table(variant)
+    if variant["model"] not in recipes:
+        raise ValueError(
+            f"configs/camvid.py has no recipe for model {variant['model']!r} with backbone "
+            f"{variant.get('backbone', BACKBONES[0])}; models with a recipe: {sorted(recipes)}."
         )
     if "output_stride" in variant:
         check_output_stride(variant["output_stride"])
@@ -149,7 +183,7 @@ def parse_variant(arg):
 
 def get_config(arg=None):
     variant = parse_variant(arg)
-    recipe = VARIANTS[variant["model"]]
+    recipe = recipe_table(variant)[variant["model"]]
     config = default_config()
     config.model.name = variant["model"]
     for field, value in recipe["model"].items():

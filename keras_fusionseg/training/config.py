@@ -65,6 +65,7 @@ def default_config():
     config.train.class_weights = ()  # empty: all classes weigh 1
     config.train.ohem_fraction = 1.0
     config.train.sync_batch_norm = False
+    config.train.jit_compile = False  # XLA for the train step (`compile(jit_compile=...)`)
     config.train.bn_momentum = 0.0  # > 0 overrides every BN layer's momentum (short runs)
     config.train.bn_recalibration_batches = 0  # > 0: precise BN before each validation (1 replica)
     config.train.backup_every_steps = 50

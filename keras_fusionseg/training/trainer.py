@@ -302,7 +302,13 @@ def build_compiled_model(run):
             ConfusionMatrixMetric(info.num_classes, info.ignore_label, "pixel_accuracy"),
         ]
         metrics = metric_list if loss_weights is None else {"logits": metric_list}
-        model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=metrics)
+        model.compile(
+            optimizer=optimizer,
+            loss=loss,
+            loss_weights=loss_weights,
+            metrics=metrics,
+            jit_compile=bool(config.train.jit_compile),
+        )
     return model
 
 
