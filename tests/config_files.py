@@ -20,12 +20,17 @@ def load_config(name):
 
 
 def shipped_configs():
-    """Every config file, and every named variant of the files that define `VARIANTS`."""
+    """Every config file, and every named variant of the files that define `VARIANTS` (and
+    `MOBILENETV2_VARIANTS`, the design comparison's recipes)."""
     names = []
     for path in sorted(CONFIGS.glob("[a-z]*.py")):
         names.append(path.stem)
-        variants = runpy.run_path(str(path)).get("VARIANTS", {})
-        names += [f"{path.stem}:model={variant}" for variant in sorted(variants)]
+        module = runpy.run_path(str(path))
+        names += [f"{path.stem}:model={variant}" for variant in sorted(module.get("VARIANTS", {}))]
+        names += [
+            f"{path.stem}:model={variant},backbone=mobilenetv2"
+            for variant in sorted(module.get("MOBILENETV2_VARIANTS", {}))
+        ]
     return names
 
 
