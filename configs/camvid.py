@@ -113,19 +113,54 @@ VARIANTS = {
 # stride 16 as the baseline, AdamW as the baseline). Head widths are half the papers' (the
 # baseline's ASPP and decoder are 128 wide instead of 256), auxiliary heads as in the papers.
 MOBILENETV2 = {"backbone": "mobilenetv2", "backbone_options": {"alpha": 1.0}}
+
+
+def _mobilenetv2_recipe(output_stride, aux_outputs, options, **model):
+    """A design's recipe on the baseline's backbone and the baseline's AdamW training."""
+    return {
+        "model": {
+            **MOBILENETV2,
+            "output_stride": output_stride,
+            "aux_outputs": aux_outputs,
+            "options": options,
+            **model,
+        },
+        "train": {"optimizer": "adamw", "weight_decay": 4e-5},  # L2 if optimizer=sgd
+    }
+
+
 MOBILENETV2_VARIANTS = {
     "deeplabv3plus": VARIANTS["deeplabv3plus"],
     # PSPNet: pyramid pooling on "P5" (320 ch), 3x3 conv to 256 (paper 512); FCN aux head on
     # "P4" (96 ch, 128 wide; paper 256) with weight 0.4.
-    "pspnet": {
-        "model": {
-            **MOBILENETV2,
-            "output_stride": 16,
-            "aux_outputs": True,
-            "options": {"head_width": 256, "aux_width": 128},
+    "pspnet": _mobilenetv2_recipe(16, True, {"head_width": 256, "aux_width": 128}),
+    # GFFNet: the PSPNet above + every stage "P2".."P5" reduced to 128 (paper 256), gated
+    # fully fused, and the dense feature pyramid (128 wide; paper 256).
+    "gffnet": _mobilenetv2_recipe(
+        16,
+        True,
+        {"head_width": 256, "aux_width": 128, "gff_width": 128, "dfp_width": 128},
+    ),
+    # FastFCN: JPU (256 wide; paper 512) on the non-dilated backbone (output stride 32:
+    # "P3".."P5" at 8/16/32) and the PSP head (256) at stride 8; aux head on "P4".
+    "fastfcn_psp": _mobilenetv2_recipe(
+        32, True, {"jpu_width": 256, "head_width": 256, "aux_width": 128}
+    ),
+    # GCN with boundary refinement on "P2".."P5" (output stride 32), the ExFuse baseline.
+    "gcn": _mobilenetv2_recipe(32, False, {}),
+    # ExFuse on that GCN: SS (128 wide; paper 256), SEB, ECRE, DAP; layer rearrangement is a
+    # ResNet change and does not apply to MobileNetV2.
+    "exfuse": _mobilenetv2_recipe(32, True, {"ss_channels": 128}),
+    # DUpsampling (light decoder): "P1" (stride 2, 16 ch) and "P4" fused with "P5" at output
+    # stride 16, decoder 128 wide (paper 256); basis fitted as in the module docstring.
+    "dunet": _mobilenetv2_recipe(
+        16,
+        False,
+        {
+            "decoder_channels": 128,
+            "dupsampling_basis": "runs/camvid_dupsampling_r16.npz",
         },
-        "train": {"optimizer": "adamw", "weight_decay": 4e-5},  # L2 if optimizer=sgd
-    },
+    ),
 }
 
 # Per optimizer: its starting rate (and AdamW's decoupled decay, which replaces the recipe's L2).

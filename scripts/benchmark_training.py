@@ -64,7 +64,7 @@ def compiled_model(config, precision, jit_compile, workdir):
     config = config.copy_and_resolve_references()
     config.mixed_precision = "" if precision == "float32" else precision
     config.train.jit_compile = jit_compile
-    run = trainer.prepare_run(config, workdir, strategy="one_device")
+    run = trainer.prepare_run(config, workdir)  # "auto", as scripts/train.py
     keras.config.set_dtype_policy(precision)
     try:
         model = trainer.build_compiled_model(run)
