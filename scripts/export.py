@@ -5,7 +5,7 @@ r"""Exports a trained model: a SavedModel with raw-image signatures, and optiona
         --input_size=512,512 --probabilities --tflite=fp32,fp16,dynamic_int8,full_int8 --onnx
     python scripts/export.py --preset=deeplabv3plus_mobilenetv2_camvid --output=exported/camvid
 
-`--model` is a `.keras` file or a training workdir (its `checkpoints/best.keras`); `--preset`
+`--model` is a `.keras` file or a training workdir (its `checkpoints/final.keras`); `--preset`
 a preset shipped with the package (its training config names the calibration data). The
 SavedModel goes to `--output/saved_model`, TFLite files to `--output/model_<quantization>.tflite`,
 ONNX (`--onnx`, needs the `onnx` extra) to `--output/model.onnx` (logits and class ids).

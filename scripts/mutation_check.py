@@ -192,8 +192,8 @@ MUTANTS = (
     Mutant(
         "train_ignores_loss_weights",
         "keras_fusionseg/training/trainer.py",
-        "optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=metrics",
-        "optimizer=optimizer, loss=loss, loss_weights=None, metrics=metrics",
+        "            loss_weights=loss_weights,\n",
+        "            loss_weights=None,\n",
         ("tests/test_training_runs.py::test_train_weighs_aux_and_se_losses",),
         "train() compiles without the aux / SE loss weights (all weigh 1)",
     ),

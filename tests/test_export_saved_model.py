@@ -195,6 +195,11 @@ def test_find_keras_file_in_workdir(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({}))
     assert find_keras_file(tmp_path).endswith("model.keras")
     loaded = load_keras_model(tmp_path)
+    # The library's one default: final.keras (what metrics.json scores), then best.keras.
+    model.save(tmp_path / "checkpoints" / "best.keras")
+    assert find_keras_file(tmp_path).endswith("best.keras")
+    model.save(tmp_path / "checkpoints" / "final.keras")
+    assert find_keras_file(tmp_path).endswith("final.keras")
     x = np.full((1, 32, 32, 3), 100.0, "float32")
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
     empty = tmp_path / "empty_workdir"

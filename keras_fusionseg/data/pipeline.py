@@ -16,6 +16,7 @@ import random
 
 import tensorflow as tf
 
+from keras_fusionseg.checks import check_positive_int
 from keras_fusionseg.data.registry import IGNORE_LABEL
 from keras_fusionseg.data.sources import EncodedSplit
 
@@ -28,11 +29,6 @@ _JITTER_KEYS = frozenset(DEFAULT_COLOR_JITTER)
 def _check_channels(channels):
     if channels not in (None, 1, 3):
         raise ValueError(f"`channels` must be None, 1 or 3, received {channels!r}.")
-
-
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
 
 
 def _crop_hw(crop_size):
@@ -246,7 +242,7 @@ def training_pipeline(
         A dataset of `(images float32 [B, h, w, C] in [0, 255], labels int32 [B, h, w])`.
     """
     crop_hw = _crop_hw(crop_size)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     _check_channels(channels)
     scales = scale_choices(scale_range, scale_step)
     jitter = _check_jitter(color_jitter)
@@ -318,7 +314,7 @@ def eval_pipeline(
     Returns:
         A dataset of `(images float32 [B, H, W, C] in [0, 255], labels int32 [B, H, W])`.
     """
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     _check_channels(channels)
     if isinstance(ds, EncodedSplit):
         ds = ds.dataset()

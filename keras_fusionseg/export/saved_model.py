@@ -35,11 +35,16 @@ SAVED_MODEL_FILE = "saved_model.pb"
 SIZE_POLICIES = SINGLE_PASS_POLICIES  # the size policies a SavedModel can hold
 
 
+# A workdir's checkpoint, in order of preference (`find_keras_file`).
+DEFAULT_CHECKPOINTS = ("final.keras", "best.keras", "model.keras")
+
+
 def find_keras_file(path):
     """A `.keras` file given itself or a training workdir holding one.
 
-    In a workdir, prefers `best.keras`, then `model.keras`, then the most recent `*.keras`
-    (searching `checkpoints/` too).
+    In a workdir, prefers `final.keras` (the model `metrics.json` scores, and the one
+    `evaluate.py` and presets use: the library's one default checkpoint), then `best.keras`,
+    then `model.keras`, then the most recent `*.keras` (searching `checkpoints/` too).
     """
     path = os.fspath(path)
     if os.path.isfile(path):
@@ -58,7 +63,7 @@ def find_keras_file(path):
         raise ValueError(
             f"Workdir {path!r} holds no `.keras` file (looked in it and checkpoints/)."
         )
-    for preferred in ("best.keras", "model.keras"):
+    for preferred in DEFAULT_CHECKPOINTS:
         for candidate in candidates:
             if os.path.basename(candidate) == preferred:
                 return candidate

@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from keras_fusionseg.checks import check_positive_int
 from keras_fusionseg.export.saved_model import IMAGE_KEY
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -622,8 +623,7 @@ def make_server(
         ("channel_timeout", channel_timeout),
         ("max_header_bytes", max_header_bytes),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
+        check_positive_int(name, value)
     application = RestApplication(
         service, max_body_bytes=max_body_bytes, verbose=verbose, demo=demo
     )

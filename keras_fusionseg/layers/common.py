@@ -7,9 +7,9 @@ need static sizes; antialiased resizing has no TFLite kernel.)
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from keras_fusionseg.checks import check_positive_int  # noqa: F401  (re-exported)
 from keras_fusionseg.layers.atrous import (  # noqa: F401  (re-exported: shared building blocks)
     AtrousConv2D,
     AtrousDepthwiseConv2D,
@@ -31,12 +31,6 @@ HEAD_BN_EPSILON = 1e-5
 def _check_choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {sorted(allowed)}, received {value!r}.")
-
-
-def check_positive_int(name, value):
-    """Raises a ValueError naming `name` unless `value` is an integer >= 1 (bools are not)."""
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received {value!r}.")
 
 
 def static_or_dynamic_hw(x):
