@@ -64,6 +64,10 @@ def test_every_registered_model_folds_exactly(name, rng):
     assert keras.tree.map_structure(lambda t: t.shape, folded.output) == keras.tree.map_structure(
         lambda t: t.shape, model.output
     )
+    # The record of how it was built survives (describe_model, export and presets read it).
+    assert isinstance(folded, models.SegmentationModel)
+    assert folded.build_arguments == model.build_arguments
+    assert folded.loss_spec == model.loss_spec and folded.output_stride == model.output_stride
 
 
 def test_xception_separable_convs_in_the_graph_fold(rng):

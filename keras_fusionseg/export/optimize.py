@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from keras_fusionseg.layers.common import ConvBNReLU, SeparableConvBN
+from keras_fusionseg.models.segmentation_model import SegmentationModel
 
 # Conv classes whose output channels a per-channel scale can be folded into (subclasses, e.g.
 # our AtrousConv2D / AtrousDepthwiseConv2D, included).
@@ -181,7 +182,7 @@ def fold_batch_norm(model):
 
     Returns:
         A new functional `keras.Model`, for inference and export (see the module docstring on
-        saving).
+        saving); a `SegmentationModel` keeps its record (build arguments, loss_spec, dataset).
 
     Example:
     >>> from keras_fusionseg import models
@@ -226,6 +227,15 @@ def fold_batch_norm(model):
         else:
             new.set_weights(old.get_weights())
             _fold_composite(new)
+    if isinstance(model, SegmentationModel):  # keep the record of how it was built
+        folded = SegmentationModel(
+            folded.input,
+            folded.output,
+            name=model.name,
+            build_arguments=model.build_arguments,
+            loss_spec=model.loss_spec,
+            dataset=model.dataset,
+        )
     return folded
 
 
