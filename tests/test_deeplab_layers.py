@@ -1,9 +1,9 @@
 """ASPP and the DeepLabv3+ decoder: shapes, serialization, NumPy reference, unknown sizes."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.layer_test import config_clone
 
 from keras_fusionseg.layers.deeplabv3plus import ASPP, DeepLabV3PlusDecoder
 
@@ -119,13 +119,6 @@ def randomize_batch_norms(layer, rng):
             weight.assign(rng.normal(scale=0.3, size=weight.shape))
 
 
-def roundtrip(layer, inputs):
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    clone(inputs)
-    clone.set_weights(layer.get_weights())
-    return clone
-
-
 # ---------------------------------------------------------------- ASPP
 
 
@@ -181,7 +174,7 @@ def test_aspp_config_roundtrip(separable, rng):
         filters=4, atrous_rates=(1, 3), separable=separable, dropout=0.2, kernel_regularizer="l2"
     )
     y = layer(x)
-    clone = roundtrip(layer, x)
+    clone = config_clone(layer, x)
     assert clone.get_config() == layer.get_config()
     np.testing.assert_allclose(clone(x), y, atol=1e-6)
 
@@ -242,7 +235,7 @@ def test_decoder_config_roundtrip_and_widths(rng):
     y = layer([encoder, low])
     assert layer.refine_convs[0].depthwise.kernel.shape == (3, 3, 8 + 3, 1)
     assert layer.classifier.bias is not None
-    clone = roundtrip(layer, [encoder, low])
+    clone = config_clone(layer, [encoder, low])
     assert clone.get_config() == layer.get_config()
     np.testing.assert_allclose(clone([encoder, low]), y, atol=1e-6)
 

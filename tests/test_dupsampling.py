@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.layer_test import config_clone
 
 from keras_fusionseg.layers.dupsampling import AdaptiveTemperatureSoftmax, DUpsampling
 from keras_fusionseg.layers.dupsampling_pca import (
@@ -13,14 +14,6 @@ from keras_fusionseg.layers.dupsampling_pca import (
     load_dupsampling_basis,
     reconstruct_labels,
 )
-
-
-def roundtrip(layer, x):
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    if not clone.built:
-        clone.build(x.shape)
-    clone.set_weights(layer.get_weights())
-    return clone
 
 
 def blob_labels(rng, count, size=(24, 20), num_classes=3):
@@ -58,7 +51,7 @@ def test_dupsampling_equals_numpy_matmul_and_rearrangement(rng):
                     ]
     np.testing.assert_allclose(y, expected, atol=1e-5)
     assert not layer.trainable_weights  # W stays fixed by default
-    np.testing.assert_allclose(roundtrip(layer, x)(x), y, atol=1e-6)
+    np.testing.assert_allclose(config_clone(layer, x)(x), y, atol=1e-6)
     # with a reference the output is cropped bottom/right
     cropped = layer([x, np.zeros((2, 10, 7, 1), "float32")])
     np.testing.assert_allclose(cropped, expected[:, :10, :7], atol=1e-5)
@@ -125,7 +118,7 @@ def test_adaptive_temperature_softmax_is_eq6(rng):
     logits.temperature.assign(2.0)
     np.testing.assert_allclose(logits(z), z / 2.0, atol=1e-6)
     assert len(logits.trainable_weights) == 1
-    clone = roundtrip(logits, z)
+    clone = config_clone(logits, z)
     np.testing.assert_allclose(clone(z), z / 2.0, atol=1e-6)
     with pytest.raises(ValueError, match="initial_temperature"):
         AdaptiveTemperatureSoftmax(initial_temperature=0)

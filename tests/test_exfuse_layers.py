@@ -1,10 +1,10 @@
 """GCN and ExFuse blocks: NumPy references (all weights random, biases included), shapes,
 serialization."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.layer_test import config_clone
 
 from keras_fusionseg.layers.exfuse import (
     BoundaryRefinement,
@@ -15,14 +15,6 @@ from keras_fusionseg.layers.exfuse import (
     SemanticEmbeddingBranch,
     UpsampleBilinear,
 )
-
-
-def roundtrip(layer, x):
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    if not clone.built:
-        clone.build([np.shape(t) for t in x] if isinstance(x, list) else np.shape(x))
-    clone.set_weights(layer.get_weights())
-    return clone
 
 
 def randomize(layer, rng):
@@ -71,7 +63,7 @@ def test_densely_adjacent_prediction_is_eq3(k, rng):
     y = np.asarray(layer(x))
     assert y.shape == (2, 7, 6, 4)
     np.testing.assert_allclose(y, dap_reference(x, k), atol=1e-6)
-    np.testing.assert_allclose(roundtrip(layer, x)(x), y, atol=1e-7)
+    np.testing.assert_allclose(config_clone(layer, x)(x), y, atol=1e-7)
     assert not layer.weights
 
 
@@ -118,7 +110,7 @@ def test_global_convolution_matches_numpy(rng):
     np.testing.assert_allclose(y, left + right, atol=1e-5)
     assert p["left_kx1/kernel"].shape == (5, 1, 3, 4)
     assert p["left_1xk/kernel"].shape == (1, 5, 4, 4)
-    np.testing.assert_allclose(roundtrip(layer, x)(x), y, atol=1e-6)
+    np.testing.assert_allclose(config_clone(layer, x)(x), y, atol=1e-6)
     assert GlobalConvolution(4).kernel_size == 15
     with pytest.raises(ValueError, match="kernel_size"):
         GlobalConvolution(4, kernel_size=4)
@@ -132,7 +124,7 @@ def test_boundary_refinement_matches_numpy(rng):
     k1, b1, k2, b2 = (w.numpy() for w in layer.weights)
     expected = x + conv_same(np.maximum(conv_same(x, k1, b1), 0), k2, b2)
     np.testing.assert_allclose(y, expected, atol=1e-5)
-    np.testing.assert_allclose(roundtrip(layer, x)(x), y, atol=1e-6)
+    np.testing.assert_allclose(config_clone(layer, x)(x), y, atol=1e-6)
 
 
 def test_semantic_embedding_branch_is_eq2_product(rng):
@@ -148,7 +140,7 @@ def test_semantic_embedding_branch_is_eq2_product(rng):
     up2 = tf.image.resize(conv_same(high2, k2, b2), (8, 8), method="bilinear").numpy()
     np.testing.assert_allclose(y, low * up1 * up2, atol=1e-5)
     inputs = [low, high1, high2]
-    np.testing.assert_allclose(roundtrip(layer, inputs)(inputs), y, atol=1e-6)
+    np.testing.assert_allclose(config_clone(layer, inputs)(inputs), y, atol=1e-6)
     with pytest.raises(ValueError, match="at least two"):
         SemanticEmbeddingBranch()([low])
 
@@ -168,14 +160,14 @@ def test_ecre_is_conv_then_depth_to_space(rng):
             )
     cropped = layer([x, np.zeros((1, 5, 7, 1), "float32")])
     np.testing.assert_allclose(cropped, y[:, :5, :7], atol=1e-6)
-    np.testing.assert_allclose(roundtrip(layer, x)(x), y, atol=1e-6)
+    np.testing.assert_allclose(config_clone(layer, x)(x), y, atol=1e-6)
 
 
 def test_upsample_bilinear_unknown_size():
     layer = UpsampleBilinear(2)
     fn = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 3])])
     assert tuple(fn(tf.zeros((1, 3, 5, 3))).shape) == (1, 6, 10, 3)
-    assert roundtrip(layer, np.zeros((1, 2, 2, 3))).factor == 2
+    assert config_clone(layer, np.zeros((1, 2, 2, 3))).factor == 2
 
 
 def test_deconvolution_upsample_starts_bilinear_and_crops(rng):
@@ -191,7 +183,7 @@ def test_deconvolution_upsample_starts_bilinear_and_crops(rng):
     cropped = np.asarray(layer([x, reference]))
     np.testing.assert_array_equal(cropped, y[:, :9, :13])
     assert len(layer.trainable_weights) == 1  # learnt, unlike sub-pixel upsampling
-    np.testing.assert_allclose(roundtrip(layer, x)(x), y, atol=1e-6)
+    np.testing.assert_allclose(config_clone(layer, x)(x), y, atol=1e-6)
     with pytest.raises(ValueError, match="`bilinear_init` needs 4 input channels"):
         DeconvolutionUpsample(4)(x)
     assert DeconvolutionUpsample(4, bilinear_init=False)(x).shape == (2, 10, 14, 4)

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.layer_test import keras_file_roundtrip
 
 from keras_fusionseg.layers.gff import (
     DenseFeaturePyramid,
@@ -12,15 +13,6 @@ from keras_fusionseg.layers.gff import (
     PyramidPooling,
     adaptive_average_pool,
 )
-
-
-def roundtrip(model, inputs, tmp_path):
-    expected = model(inputs)
-    path = tmp_path / "layer.keras"
-    model.save(path)
-    clone = keras.models.load_model(path)
-    for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(clone(inputs)), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(7, 5), (12, 12), (2, 3)])
@@ -55,7 +47,7 @@ def test_pyramid_pooling_shapes_unknown_size_and_roundtrip(tmp_path, rng):
     for size in [(8, 8), (13, 5), (1, 1)]:
         x = rng.normal(size=(1, *size, 16)).astype("float32")
         assert model(x).shape == (1, *size, 32)
-    roundtrip(model, rng.normal(size=(2, 11, 6, 16)).astype("float32"), tmp_path)
+    keras_file_roundtrip(model, rng.normal(size=(2, 11, 6, 16)).astype("float32"), tmp_path)
 
 
 def test_pyramid_pooling_rejects_bad_arguments():
@@ -131,7 +123,7 @@ def test_gated_fully_fusion_unknown_size_and_roundtrip(tmp_path, rng):
     out = model(x)
     assert [tuple(f.shape) for f in out["fused"]] == [tuple(a.shape) for a in x]
     assert all(0 <= float(tf.reduce_min(g)) and float(tf.reduce_max(g)) <= 1 for g in out["gates"])
-    roundtrip(model, x, tmp_path)
+    keras_file_roundtrip(model, x, tmp_path)
 
 
 def test_gated_fully_fusion_gates_have_no_bias_by_default_as_eq5():
@@ -193,7 +185,7 @@ def test_dense_feature_pyramid_shapes_and_roundtrip(tmp_path, rng):
     assert [f.conv.kernel.shape[:2] for f in dfp.fusions] == [(1, 1)] * 3
     x = [rng.normal(size=(1, h, h, c)).astype("float32") for h, c in ((4, 8), (4, 4), (8, 4))]
     assert model(x).shape == (1, 8, 8, 15)
-    roundtrip(model, x, tmp_path)
+    keras_file_roundtrip(model, x, tmp_path)
 
 
 def test_dense_feature_pyramid_rejects_bad_arguments():

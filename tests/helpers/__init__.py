@@ -1,0 +1,1 @@
+"""Shared test helpers (imported by the test files as `helpers.<module>`)."""
