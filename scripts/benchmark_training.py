@@ -9,8 +9,9 @@ in one run, interleaved, so load changes hit every setting alike. Example:
     python scripts/benchmark_training.py --config=configs/camvid.py \
         --settings=float32,xla,mixed_bfloat16 --steps=10
 
-Settings (comma separated): `float32` (the config as it trains), `xla` (`jit_compile=True`
-in compile), `mixed_bfloat16`, `mixed_bfloat16+xla`.
+Settings (comma separated): `float32` (the config as `scripts/train.py` trains it, default
+strategy), `xla` (`jit_compile=True` in compile), `mixed_bfloat16`, `mixed_bfloat16+xla`,
+`one_device` (float32 under `OneDeviceStrategy`, `--strategy=one_device`).
 """
 
 import json
@@ -40,12 +41,20 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, XLA c
 _ROUNDS_HELP = "Interleaved rounds; the best round's median step is reported."
 _ROUNDS = flags.DEFINE_integer("rounds", 2, _ROUNDS_HELP)
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+_INPUT_BATCHES = flags.DEFINE_integer(
+    "input_batches",
+    0,
+    "Also time this many batches of the config's own training pipeline (decode, augment, "
+    "batch; the first, uncached epoch) in the same process, against the step's consumption.",
+)
 
+# Setting -> (dtype policy, jit_compile, strategy name for `strategies.make_strategy`).
 SETTINGS = {
-    "float32": ("float32", False),
-    "xla": ("float32", True),
-    "mixed_bfloat16": ("mixed_bfloat16", False),
-    "mixed_bfloat16+xla": ("mixed_bfloat16", True),
+    "float32": ("float32", False, "auto"),
+    "xla": ("float32", True, "auto"),
+    "mixed_bfloat16": ("mixed_bfloat16", False, "auto"),
+    "mixed_bfloat16+xla": ("mixed_bfloat16", True, "auto"),
+    "one_device": ("float32", False, "one_device"),  # `--strategy=one_device` of train.py
 }
 
 
@@ -55,7 +64,7 @@ def check_settings(names):
         raise app.UsageError(f"--settings: unknown {unknown}; choose from {sorted(SETTINGS)}.")
 
 
-def compiled_model(config, precision, jit_compile, workdir):
+def compiled_model(config, precision, jit_compile, workdir, strategy="auto"):
     """The config's model compiled as `trainer.build_compiled_model` does, under `precision`."""
     import keras
 
@@ -64,7 +73,7 @@ def compiled_model(config, precision, jit_compile, workdir):
     config = config.copy_and_resolve_references()
     config.mixed_precision = "" if precision == "float32" else precision
     config.train.jit_compile = jit_compile
-    run = trainer.prepare_run(config, workdir)  # "auto", as scripts/train.py
+    run = trainer.prepare_run(config, workdir, strategy=strategy)
     keras.config.set_dtype_policy(precision)
     try:
         model = trainer.build_compiled_model(run)
@@ -104,6 +113,19 @@ def time_steps(model, batch, steps):
     return float(np.median(np.diff(ends)))
 
 
+def input_images_per_second(config, batches, warmup=3):
+    """Images/s of `trainer.training_dataset` (the config's data, augmentation and batching)."""
+    from keras_fusionseg.training import trainer
+
+    iterator = iter(trainer.training_dataset(config, trainer.dataset_info(config), config.seed))
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * config.data.batch_size / (time.perf_counter() - start)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -115,8 +137,8 @@ def main(argv):
     models = {}
     with tempfile.TemporaryDirectory() as workdir:
         for name in _SETTINGS.value:
-            precision, jit = SETTINGS[name]
-            model, num_classes = compiled_model(config, precision, jit, workdir)
+            precision, jit, strategy = SETTINGS[name]
+            model, num_classes = compiled_model(config, precision, jit, workdir, strategy)
             batch = random_batch(config, model, num_classes)
             time_steps(model, batch, max(_WARMUP.value, 1))
             models[name] = (model, batch)
@@ -142,9 +164,21 @@ def main(argv):
             }
         )
         print(f"{name:<22}{seconds:>9.3f}{batch_size / seconds:>10.2f}{reference / seconds:>9.2f}x")
+    result = {"model": config.model.name, "rows": rows}
+    if _INPUT_BATCHES.value:
+        rate = input_images_per_second(config, _INPUT_BATCHES.value)
+        consumed = batch_size / reference
+        result["input_pipeline"] = {
+            "images_per_second": round(rate, 2),
+            "ratio_to_first_setting": round(rate / consumed, 2),
+        }
+        print(
+            f"input pipeline: {rate:.1f} images/s ({_INPUT_BATCHES.value} batches), "
+            f"{rate / consumed:.1f}x what the {_SETTINGS.value[0]} step consumes"
+        )
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w") as f:
-            json.dump({"model": config.model.name, "rows": rows}, f, indent=2)
+            json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ def test_writes_a_json_row_per_setting(tmp_path, load_script):
     argv = [
         "x",
         f"--config={script.REPO}/configs/smoke.py",
-        "--settings=float32,xla",
+        "--settings=float32,one_device",
+        "--input_batches=2",
         "--steps=2",
         "--warmup=1",
         "--rounds=1",
@@ -45,8 +46,14 @@ def test_writes_a_json_row_per_setting(tmp_path, load_script):
     ]
     script.flags.FLAGS(argv)
     script.main([argv[0]])
-    rows = json.loads(out.read_text())["rows"]
-    assert [row["setting"] for row in rows] == ["float32", "xla"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    pipeline = result["input_pipeline"]
+    consumed = 4 / rows[0]["seconds_per_step"]
+    assert pipeline["ratio_to_first_setting"] == pytest.approx(
+        pipeline["images_per_second"] / consumed, rel=0.02
+    )
+    assert [row["setting"] for row in rows] == ["float32", "one_device"]
     for row in rows:
         assert row["images_per_second"] == pytest.approx(4 / row["seconds_per_step"], rel=0.01)
     assert rows[0]["speedup_vs_first"] == 1.0
