@@ -485,6 +485,14 @@ MUTANTS = (
         ("tests/test_evaluation.py::test_evaluate_multiscale_flip_and_max_images",),
         'evaluate(mode="multiscale", flip=True) never predicts the mirrored copy',
     ),
+    Mutant(
+        "gff_config_drops_sequential",
+        "keras_fusionseg/layers/gff.py",
+        '            "sequential": self.sequential,\n',
+        '            "sequential": False,\n',
+        ("tests/test_layers_registered.py",),
+        "GatedFullyFusion.get_config forgets sequential fusion: a reloaded GFF fuses at once",
+    ),
 )
 
 

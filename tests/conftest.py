@@ -69,6 +69,7 @@ ONEDNN_LANE = {
     "test_fold_batch_norm",
     "test_layers_common",
     "test_layers_common_numpy",
+    "test_layers_registered",
     "test_models_registry",
     "test_onnx",
     "test_predict",
