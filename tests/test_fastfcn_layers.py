@@ -4,7 +4,7 @@ import gff_fastfcn_numpy as ref
 import keras
 import numpy as np
 import pytest
-from test_gff_layers import roundtrip
+from helpers.layer_test import keras_file_roundtrip
 
 from keras_fusionseg.layers.fastfcn import ContextEncoding, JointPyramidUpsampling
 
@@ -64,7 +64,7 @@ def test_jpu_unknown_size_and_roundtrip(tmp_path, rng):
             rng.normal(size=(1, (h + 3) // 4, (w + 3) // 4, 8)).astype("float32"),
         ]
         assert model(x).shape == (1, h, w, 6)
-    roundtrip(model, x, tmp_path)
+    keras_file_roundtrip(model, x, tmp_path)
 
 
 def test_jpu_rejects_bad_arguments():
@@ -129,7 +129,7 @@ def test_context_encoding_shapes_unknown_size_and_roundtrip(tmp_path, rng):
         out = model(rng.normal(size=(2, *size, 8)).astype("float32"))
         assert out["features"].shape == (2, *size, 8)
         assert out["presence"].shape == (2, 5)
-    roundtrip(model, rng.normal(size=(2, 7, 4, 8)).astype("float32"), tmp_path)
+    keras_file_roundtrip(model, rng.normal(size=(2, 7, 4, 8)).astype("float32"), tmp_path)
     plain = ContextEncoding(num_codes=2)
     assert plain(np.zeros((1, 4, 4, 8), "float32")).shape == (1, 4, 4, 8)
 
