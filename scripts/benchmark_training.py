@@ -66,33 +66,31 @@ def check_settings(names):
 
 def compiled_model(config, precision, jit_compile, workdir, strategy="auto"):
     """The config's model compiled as `trainer.build_compiled_model` does, under `precision`."""
-    import keras
-
     from keras_fusionseg.training import trainer
 
     config = config.copy_and_resolve_references()
     config.mixed_precision = "" if precision == "float32" else precision
     config.train.jit_compile = jit_compile
     run = trainer.prepare_run(config, workdir, strategy=strategy)
-    keras.config.set_dtype_policy(precision)
-    try:
+    with trainer.dtype_policy(precision):
         model = trainer.build_compiled_model(run)
-    finally:
-        keras.config.set_dtype_policy("float32")
     return model, run.info.num_classes
 
 
 def random_batch(config, model, num_classes):
-    """One (images, labels) batch of the config's crop and batch size, labels per output."""
+    """One (images, labels) batch of the config's crop and batch size, labels per output as
+    the training dataset gives them (`trainer.labels_for_outputs`)."""
     import numpy as np
+
+    from keras_fusionseg.training import trainer
 
     height, width = config.data.crop_size
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (config.data.batch_size, height, width, 3)).astype("float32")
     labels = rng.integers(0, num_classes, (config.data.batch_size, height, width, 1))
     labels = labels.astype("int32")
-    names = list(model.loss_spec)
-    return images, (labels if names == ["logits"] else {name: labels for name in names})
+    relabel = trainer.labels_for_outputs(model.loss_spec)
+    return (images, labels) if relabel is None else relabel(images, labels)
 
 
 def time_steps(model, batch, steps):

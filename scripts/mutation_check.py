@@ -363,8 +363,8 @@ MUTANTS = (
     Mutant(
         "mixed_precision_policy_ignored",
         "keras_fusionseg/training/trainer.py",
-        'with _dtype_policy(run.config.mixed_precision or "float32"):',
-        'with _dtype_policy("float32"):',
+        'with dtype_policy(run.config.mixed_precision or "float32"):',
+        'with dtype_policy("float32"):',
         (
             "tests/test_training_configs.py::test_config_family_lowers_the_loss_and_writes_outputs[bf16]",
         ),

@@ -97,7 +97,9 @@ def read_backup_state(backup_dir):
     return state["epoch"], state["batch"]
 
 
-def _labels_for_outputs(loss_spec):
+def labels_for_outputs(loss_spec):
+    """None for a logits-only model, else a `(images, labels)` map giving every output of
+    `loss_spec` the same label map (each loss resizes it to its output)."""
     names = list(loss_spec)
     if names == ["logits"]:
         return None
@@ -197,7 +199,7 @@ def train(config, workdir, *, strategy="auto", mixed_precision=None, config_sour
         config_source=config_source,
     )
     train_ds, val_ds = build_data(run)
-    with _dtype_policy(run.config.mixed_precision or "float32"):
+    with dtype_policy(run.config.mixed_precision or "float32"):
         model = build_compiled_model(run)
         training_callbacks = build_callbacks(run, model, train_ds)
         history, train_seconds = fit(run, model, train_ds, val_ds, training_callbacks)
@@ -375,7 +377,7 @@ def build_callbacks(run, model, train_ds):
 def fit(run, model, train_ds, val_ds, training_callbacks):
     """Step 5: Keras `fit` (labels repeated for every output of a multi-output model);
     returns (history, training seconds)."""
-    relabel = _labels_for_outputs(model.loss_spec)
+    relabel = labels_for_outputs(model.loss_spec)
     if relabel is not None:
         train_ds = train_ds.map(relabel)
         val_ds = val_ds.map(relabel)
@@ -422,7 +424,7 @@ def finalize(run, model, training_callbacks, history, train_seconds):
 
 
 @contextlib.contextmanager
-def _dtype_policy(name):
+def dtype_policy(name):
     """Keras' global dtype policy set to `name` inside the block, restored after."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
