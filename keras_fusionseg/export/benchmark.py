@@ -7,7 +7,6 @@ GFLOP/s.
 
 import csv
 import io
-import os
 import platform
 import subprocess
 import time
@@ -17,6 +16,7 @@ import tensorflow as tf
 
 from keras_fusionseg.evaluation.inference import SegmentationPipeline
 from keras_fusionseg.export.tflite import TFLiteSegmenter, make_converter
+from keras_fusionseg.utils.precision import onednn_setting  # noqa: F401  (re-exported)
 
 
 def median_latency_ms(run, *, warmup=3, runs=20):
@@ -191,21 +191,6 @@ def interleaved_times(runners, rounds):
             runners[i]()
             times[i].append(time.perf_counter() - start)
     return times
-
-
-def onednn_setting():
-    """`TF_ENABLE_ONEDNN_OPTS` as set ("unset" when not) and whether oneDNN is in effect.
-
-    The default depends on the build and CPU (off on AVX2-only x86), so the effective value is
-    read from TensorFlow (a private helper; None when it is not available).
-    """
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-
-        effective = bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        effective = None
-    return {"env": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"), "effective": effective}
 
 
 __all__ = [

@@ -11,7 +11,6 @@ when the newest is damaged), `checkpoints/best.keras` (best validation mIoU),
 final evaluation.
 """
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -30,6 +29,7 @@ from keras_fusionseg.training.batch_norm import RecalibrateBatchNorm, recalibrat
 from keras_fusionseg.training.config import validate_config
 from keras_fusionseg.training.losses import losses_from_loss_spec
 from keras_fusionseg.training.optimizers import PolyDecay, build_optimizer
+from keras_fusionseg.utils.precision import dtype_policy
 
 
 def dataset_info(config):
@@ -421,17 +421,6 @@ def finalize(run, model, training_callbacks, history, train_seconds):
     evaluator.write_reports(results, run.workdir, extra)
     results.update(extra)
     return results
-
-
-@contextlib.contextmanager
-def dtype_policy(name):
-    """Keras' global dtype policy set to `name` inside the block, restored after."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def training_dataset(config, info, seed):
