@@ -10,7 +10,11 @@ A `--peak_matmul_size`^2 fp32 matmul is timed in the same rounds: its median GFL
 machine's measured peak under the same load, and each model's achieved GFLOP/s
 (2 x MACs x images/s) is also given as a share of it. `--fold_batch_norm` and
 `--jit_compile` choose the inference path ("both" times each model both ways in the same
-rounds); the keras-hub peer goes through the same path as ours.
+rounds); the keras-hub peer goes through the same path as ours. `--precision=both` also times
+each of our models rebuilt in bfloat16 (`export.optimize.to_bfloat16`: mixed_bfloat16 policy,
+float32 weights and logits) as extra rows whose path starts with "bfloat16" (`bfloat16`: those
+rows only); the keras-hub peer cannot be rebuilt that way and gets no bfloat16 rows. The JSON
+records whether this CPU runs bf16 natively (`utils.precision.native_bfloat16`).
 
     python scripts/benchmark_models.py \
         --models=deeplabv3plus:mobilenetv2:16,deeplabv3plus:resnet50:16 --input_size=512 \
@@ -49,6 +53,13 @@ flags.DEFINE_enum(
     "off",
     ["off", "on", "both"],
     "Time the models XLA-compiled (`tf.function(jit_compile=True)`), not, or both.",
+)
+flags.DEFINE_enum(
+    "precision",
+    "float32",
+    ["float32", "bfloat16", "both", "auto"],
+    "Time our models in float32, rebuilt in bfloat16 (rows whose path starts 'bfloat16'), "
+    "both in the same rounds, or auto (bfloat16 when this CPU runs bf16 natively).",
 )
 flags.DEFINE_integer(
     "peak_matmul_size",
@@ -103,37 +114,55 @@ def settings(choice):
     return {"off": [False], "on": [True], "both": [False, True]}[choice]
 
 
-def path_name(fold, jit):
-    return " + ".join(["BN folded"] * fold + ["XLA"] * jit) or "as built"
+def precisions(choice):
+    """The precisions to time for `--precision=choice` ("auto" resolved on this machine)."""
+    if choice == "both":
+        return ["float32", "bfloat16"]
+    from keras_fusionseg.export.optimize import resolve_inference_precision
+
+    return [resolve_inference_precision(choice)[0]]
 
 
-def variants(model, height, width):
+def path_name(fold, jit, precision="float32"):
+    parts = ["bfloat16"] * (precision == "bfloat16") + ["BN folded"] * fold + ["XLA"] * jit
+    return " + ".join(parts) or "as built"
+
+
+def variants(model, height, width, precision_choice="float32"):
     """(path, runner) per requested inference path of `model`; runners block on the result."""
     import tensorflow as tf
 
-    from keras_fusionseg.export.optimize import fold_batch_norm
+    from keras_fusionseg.export.optimize import fold_batch_norm, to_bfloat16
 
     image = tf.random.uniform((1, height, width, 3), 0, 255, seed=0)
     out = []
-    for fold in settings(FLAGS.fold_batch_norm):
-        graph = model
-        if fold:
+    for precision in precisions(precision_choice):
+        base = model
+        if precision == "bfloat16":
             try:
-                graph = fold_batch_norm(model)
-            except Exception as error:  # e.g. a peer model that does not clone: say so, go on
-                print(f"{model.name}: no BN-folded row, fold_batch_norm failed: {error!r}")
+                base = to_bfloat16(model)
+            except ValueError as error:  # e.g. the keras-hub peer: say so, go on
+                print(f"{model.name}: no bfloat16 rows: {error}")
                 continue
-        for jit in settings(FLAGS.jit_compile):
-            function = tf.function(
-                lambda x, m=graph: m(x, training=False), autograph=False, jit_compile=jit
-            )
+        for fold in settings(FLAGS.fold_batch_norm):
+            graph = base
+            if fold:
+                try:
+                    graph = fold_batch_norm(base)
+                except Exception as error:  # e.g. a peer model that does not clone: go on
+                    print(f"{model.name}: no BN-folded row, fold_batch_norm failed: {error!r}")
+                    continue
+            for jit in settings(FLAGS.jit_compile):
+                function = tf.function(
+                    lambda x, m=graph: m(x, training=False), autograph=False, jit_compile=jit
+                )
 
-            def run(function=function):
-                tf.nest.map_structure(lambda t: t.numpy(), function(image))
+                def run(function=function):
+                    tf.nest.map_structure(lambda t: t.numpy(), function(image))
 
-            for _ in range(FLAGS.warmup):
-                run()
-            out.append((path_name(fold, jit), run))
+                for _ in range(FLAGS.warmup):
+                    run()
+                out.append((path_name(fold, jit, precision), precision, run))
     return out
 
 
@@ -181,6 +210,7 @@ def main(argv):
         parse_model_spec,
         split_top_level,
     )
+    from keras_fusionseg.utils.precision import native_bfloat16
 
     height, width = parse_input_size(FLAGS.input_size)
     specs = (
@@ -191,8 +221,8 @@ def main(argv):
     def add(model, row):
         row["params"] = count_parameters(model)["total"]
         row["macs"] = count_macs(model, (height, width)) if FLAGS.count_macs else None
-        for path, run in variants(model, height, width):
-            entries.append({"row": {**row, "path": path}, "run": run})
+        for path, precision, run in variants(model, height, width, FLAGS.precision):
+            entries.append({"row": {**row, "path": path, "precision": precision}, "run": run})
         print(f"built {row['model']} on {row['backbone']}: {row['params']:,} params", flush=True)
 
     for kwargs in specs:
@@ -254,6 +284,7 @@ def main(argv):
         "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__,
         "onednn": onednn_setting(),
+        "native_bfloat16": dict(zip(("native", "reason"), native_bfloat16(), strict=True)),
         "load_average_end": list(load),
     }
     print()
@@ -263,7 +294,8 @@ def main(argv):
         f"({machine['cpu_count']} CPU(s)), TF {tf.__version__}, TF_ENABLE_ONEDNN_OPTS="
         f"{machine['onednn']['env']} (oneDNN in effect: {machine['onednn']['effective']}), "
         "load average at the end "
-        f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}."
+        f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}; native bfloat16: "
+        f"{machine['native_bfloat16']['native']} ({machine['native_bfloat16']['reason']})."
     )
     if peak:
         print(
@@ -297,6 +329,7 @@ def main(argv):
                 "runs": FLAGS.runs,
                 "fold_batch_norm": FLAGS.fold_batch_norm,
                 "jit_compile": FLAGS.jit_compile,
+                "precision": FLAGS.precision,
                 "models": FLAGS.models,
                 "keras_hub_peer": FLAGS.keras_hub_peer,
             },

@@ -13,7 +13,8 @@ Writes metrics.json, confusion_matrix.csv and confusion_matrix.png to
 `--config.<field>=...` overrides still apply to it.
 
 Evaluation runs image by image on one device, in the dtype policy the checkpoint was saved
-with: train.py's --strategy and --mixed_precision have no counterpart here.
+with (or in bfloat16 with --precision): train.py's --strategy and --mixed_precision have no
+counterpart here.
 """
 
 import os
@@ -49,6 +50,15 @@ _RECALIBRATE = flags.DEFINE_integer(
     "(see keras_fusionseg.training.batch_norm).",
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default <workdir>/eval_<mode>.")
+_PRECISION = flags.DEFINE_enum(
+    "precision",
+    "float32",
+    ["float32", "bfloat16", "auto"],
+    "bfloat16 evaluates the model rebuilt under the mixed_bfloat16 policy (float32 weights and "
+    "logits; keras_fusionseg.export.optimize.to_bfloat16), after any BN recalibration; auto = "
+    "bfloat16 when this CPU runs bf16 natively (keras_fusionseg.utils.precision."
+    "native_bfloat16), else float32. metrics.json records the precision used.",
+)
 
 
 def _check_num_classes(model, info, checkpoint, dataset):
@@ -83,6 +93,7 @@ def main(argv):
 
     import keras_fusionseg  # noqa: F401  (registers custom layers for loading)
     from keras_fusionseg.evaluation import evaluator
+    from keras_fusionseg.export.optimize import resolve_inference_precision, with_precision
     from keras_fusionseg.models import presets
     from keras_fusionseg.training import trainer
     from keras_fusionseg.training.config import validate_config
@@ -118,11 +129,18 @@ def main(argv):
 
         images = trainer.training_dataset(config, trainer.dataset_info(config), config.seed)
         recalibrate_batch_norm(model, images, _RECALIBRATE.value)
+    precision, reason = resolve_inference_precision(_PRECISION.value)
+    model = with_precision(model, precision)  # after recalibration: it copies the weights
     results = trainer.evaluate_config(config, model)
-    evaluator.write_reports(results, output_dir, {"checkpoint": checkpoint})
+    evaluator.write_reports(
+        results,
+        output_dir,
+        {"checkpoint": checkpoint, "precision": precision, "precision_reason": reason},
+    )
     print(
         f"mIoU {results['mean_iou']:.4f}, pixel accuracy {results['pixel_accuracy']:.4f} on "
-        f"{results['num_images']} images ({results['eval_mode']}). Reports in {output_dir}/"
+        f"{results['num_images']} images ({results['eval_mode']}, {precision}). Reports in "
+        f"{output_dir}/"
     )
     for width, scores in results.get("trimap", {}).items():
         band = results["trimap_band"]

@@ -46,6 +46,15 @@ _SIZE_DIVISOR = flags.DEFINE_integer(
     "Padding multiple of --size_policy=pad (default 32); > 1 alone implies --size_policy=pad.",
 )
 _NUM_THREADS = flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads.")
+_PRECISION = flags.DEFINE_enum(
+    "precision",
+    "float32",
+    ["float32", "bfloat16", "auto"],
+    ".keras models and presets: bfloat16 runs the model rebuilt under the mixed_bfloat16 "
+    "policy (float32 weights and logits; keras_fusionseg.export.optimize.to_bfloat16), for "
+    "CPUs with native bf16 (AVX512-BF16/AMX with oneDNN on, Arm BF16); auto = bfloat16 when "
+    "this CPU has it (keras_fusionseg.utils.precision.native_bfloat16), else float32.",
+)
 _SKIP_ERRORS = flags.DEFINE_bool(
     "skip_errors",
     True,
@@ -58,8 +67,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from keras_fusionseg.export import predict_files as pf
+    from keras_fusionseg.export.optimize import resolve_inference_precision, with_precision
     from keras_fusionseg.export.predictor import load_segmenter
 
+    precision, reason = resolve_inference_precision(_PRECISION.value)
+    if _PRECISION.value != "float32":
+        print(f"precision {precision} ({reason})")
     files = pf.list_image_files(_INPUTS.value)
     model_path = _MODEL.value or ""
     options = {}
@@ -73,12 +86,12 @@ def main(argv):
         from keras_fusionseg.models import presets
 
         model, metadata = presets.load_checkpoint_or_preset(preset=_PRESET.value)
-        segmenter = SegmentationPipeline(model, **options)
+        segmenter = SegmentationPipeline(with_precision(model, precision), **options)
         class_names, palette = presets.class_names_and_palette(metadata)
         if _DATASET.value:
             class_names, palette = pf.class_names_and_palette(_DATASET.value)
     else:
-        segmenter = load_segmenter(model_path, **options)
+        segmenter = load_segmenter(model_path, precision=precision, **options)
         dataset = _DATASET.value or pf.dataset_name_for(model_path)
         class_names, palette = pf.class_names_and_palette(dataset, _NUM_CLASSES.value)
     failures = [] if _SKIP_ERRORS.value else None

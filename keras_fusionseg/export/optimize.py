@@ -20,13 +20,22 @@ Two places hold conv -> BN pairs in our models:
 The result is for inference graphs (SavedModel, TFLite, timing): save the original model as
 `.keras`, because heads whose sublayers were swapped rebuild with fresh batch norms on load.
 Batch norms that follow no conv (e.g. `ContextEncoding`'s norm over codewords) stay.
+
+`to_bfloat16` is the other inference rewrite: the same model rebuilt under Keras'
+"mixed_bfloat16" policy (float32 weights, bfloat16 activations and matmuls, float32 logits),
+for CPUs that execute bfloat16 natively (`utils.precision.native_bfloat16`);
+`resolve_inference_precision` turns the scripts' `--precision` flag into "float32" or
+"bfloat16".
 """
 
 import keras
 import numpy as np
 
 from keras_fusionseg.layers.common import ConvBNReLU, SeparableConvBN
-from keras_fusionseg.models.segmentation_model import SegmentationModel
+from keras_fusionseg.models.presets import set_weights_by_path, weights_by_path
+from keras_fusionseg.models.registry import build
+from keras_fusionseg.models.segmentation_model import SegmentationModel, rebuild_kwargs
+from keras_fusionseg.utils.precision import dtype_policy, native_bfloat16
 
 # Conv classes whose output channels a per-channel scale can be folded into (subclasses, e.g.
 # our AtrousConv2D / AtrousDepthwiseConv2D, included).
@@ -244,4 +253,89 @@ def count_batch_norms(model):
     return sum(
         isinstance(layer, keras.layers.BatchNormalization)
         for layer in model._flatten_layers(include_self=False, recursive=True)
+    )
+
+
+INFERENCE_PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def to_bfloat16(model):
+    """`model` rebuilt under the "mixed_bfloat16" dtype policy, with the same weights.
+
+    Layers then compute in bfloat16 (half the memory traffic of float32, and on CPUs with
+    AVX512-BF16 / AMX-BF16 or Arm BF16 the dot products run in hardware) while their variables
+    stay float32; the heads cast the logits to float32 (`models.heads.model_tail`), so the
+    outputs keep their dtype. Batch norms normalise in float32 inside (Keras upcasts bfloat16
+    inputs). The input model is not changed.
+
+    Why a rebuild and not `clone_model`: every layer's config records its dtype policy
+    (float32), so a clone keeps it, and our composite layers create their sublayers
+    themselves; building the model again under the policy gives every layer, nested ones
+    included, the bfloat16 policy. The weights are then copied by variable path.
+
+    Args:
+        model: a `SegmentationModel` from `models.build` (or a `.keras` file of one) whose
+            build arguments are recorded (`models.segmentation_model.rebuild_kwargs`).
+
+    Returns:
+        A new `SegmentationModel` with the same inputs, outputs, build record and weights.
+
+    Raises:
+        ValueError: `model` is not a `SegmentationModel`, or cannot be rebuilt from its record
+            (e.g. it was built on a backbone object), or its weights do not fit the rebuild.
+    """
+    if not isinstance(model, SegmentationModel):
+        raise ValueError(
+            f"to_bfloat16 rebuilds a model from its `models.build` arguments; model "
+            f"{model.name!r} is a {type(model).__name__}, not a SegmentationModel (build it "
+            "with keras_fusionseg.models.build, or under keras.config.set_dtype_policy"
+            '("mixed_bfloat16") yourself).'
+        )
+    try:
+        kwargs = rebuild_kwargs(model)
+    except ValueError as error:
+        raise ValueError(f"to_bfloat16 cannot rebuild model {model.name!r}: {error}") from error
+    arrays = weights_by_path(model, storage_dtype="float32")
+    with dtype_policy("mixed_bfloat16"):
+        rebuilt = build(**kwargs)
+    try:
+        set_weights_by_path(rebuilt, arrays, preset=f"{model.name} (bfloat16 rebuild)")
+    except ValueError as error:
+        raise ValueError(
+            f"to_bfloat16: the rebuild of model {model.name!r} from its build arguments has "
+            f"other variables than the model: {error}"
+        ) from error
+    rebuilt.loss_spec = model.loss_spec
+    rebuilt.dataset = model.dataset
+    return rebuilt
+
+
+def resolve_inference_precision(name):
+    """The `--precision` flag of the inference scripts resolved to "float32" or "bfloat16".
+
+    Args:
+        name: "float32", "bfloat16" or "auto" (bfloat16 when `native_bfloat16()`, else
+            float32).
+
+    Returns:
+        (precision, reason): the resolved name and a one-line reason for it.
+    """
+    if name not in INFERENCE_PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {list(INFERENCE_PRECISIONS)}, received {name!r}."
+        )
+    if name != "auto":
+        return name, f"--precision={name}"
+    native, reason = native_bfloat16()
+    return ("bfloat16" if native else "float32"), f"--precision=auto: {reason}"
+
+
+def with_precision(model, precision):
+    """`model` as is for "float32", `to_bfloat16(model)` for "bfloat16" (resolved names)."""
+    if precision == "float32":
+        return model
+    if precision == "bfloat16":
+        return to_bfloat16(model)
+    raise ValueError(
+        f"precision must be 'float32' or 'bfloat16' (resolve 'auto' first), received {precision!r}."
     )
