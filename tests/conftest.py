@@ -59,6 +59,7 @@ def shared_dataset(name):
 ONEDNN_LANE = {
     "test_backbones",
     "test_backbones_xception",
+    "test_bfloat16_inference",
     "test_deeplab_layers",
     "test_deeplab_models",
     "test_dilated_convs",
