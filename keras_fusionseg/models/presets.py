@@ -27,10 +27,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 
 import keras
 import numpy as np
+
+from keras_fusionseg.utils.machine import describe_machine
 
 PRESETS_DIR_ENV = "KERAS_FUSIONSEG_PRESETS_DIR"
 PACKAGE_PRESETS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "presets")
@@ -402,28 +403,9 @@ def class_names_and_palette(metadata):
 
 
 def machine():
-    """CPU model name and core counts of this machine (`lscpu`, else /proc/cpuinfo)."""
-    fields = {}
-    try:
-        text = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=True, env={"LC_ALL": "C"}
-        ).stdout
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    cpu = fields.get("Model name")
-    if not cpu and os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else None
-    logical = int(fields.get("CPU(s)") or os.cpu_count() or 0) or None
-    per_socket = fields.get("Core(s) per socket")
-    sockets = fields.get("Socket(s)")
-    physical = int(per_socket) * int(sockets) if per_socket and sockets else None
-    source = "lscpu" if fields else "/proc/cpuinfo"
-    return {"cpu": cpu, "cores": logical, "physical_cores": physical, "source": source}
+    """The training machine as preset metadata records it (`utils.machine.describe_machine`):
+    CPU name, lscpu family/model, vector ISA, cores and whether oneDNN was in effect."""
+    return describe_machine()
 
 
 def _read_json(path, what):
