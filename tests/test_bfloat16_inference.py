@@ -268,3 +268,18 @@ def test_benchmark_rows_name_the_bfloat16_path(load_script, monkeypatch):
     assert script.precisions("both") == ["float32", "bfloat16"]
     monkeypatch.setattr(optimize, "native_bfloat16", lambda: (False, "no"))
     assert script.precisions("auto") == ["float32"]
+
+
+@pytest.mark.parametrize("name", ["predict", "evaluate", "benchmark_models"])
+def test_script_precision_flags_list_the_library_values(name, load_script):
+    """The scripts define --precision as an enum before importing the library (fast --help):
+    it must offer exactly `INFERENCE_PRECISIONS` (benchmark_models: and "both")."""
+    from absl import flags
+
+    load_script(name)
+    expected = list(optimize.INFERENCE_PRECISIONS)
+    values = flags.FLAGS["precision"].parser.enum_values
+    assert flags.FLAGS["precision"].default == "float32"
+    assert (sorted(set(values) - {"both"}) if name == "benchmark_models" else values) == (
+        sorted(expected) if name == "benchmark_models" else expected
+    )
