@@ -64,17 +64,10 @@ def vector_isa(flags):
 
 
 def onednn_in_effect():
-    """Whether TensorFlow runs its oneDNN kernels in this process (None when unknown).
+    """Whether TensorFlow runs its oneDNN kernels in this process (None when unknown)."""
+    from keras_fusionseg.utils.precision import onednn_setting
 
-    The default depends on the build and the CPU (off on AVX2-only x86), so it is read from
-    TensorFlow itself (a private helper, hence the guard).
-    """
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return None
+    return onednn_setting()["effective"]
 
 
 def describe_machine(lscpu_text=None, *, onednn=True):
