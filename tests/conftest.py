@@ -74,6 +74,7 @@ ONEDNN_LANE = {
     "test_models_registry",
     "test_onnx",
     "test_predict",
+    "test_profile_model",
     "test_presets",
     "test_pspnet_model",
     "test_resume",
