@@ -18,7 +18,6 @@ Each oneDNN setting runs in its own subprocess (TensorFlow reads the flag at imp
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -230,12 +229,9 @@ def main(argv):
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
         line = next(line for line in out.splitlines() if line.startswith("JSON"))
         results[setting] = json.loads(line[4:])
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    from keras_fusionseg.utils.machine import describe_machine, machine_label
+
+    cpu = machine_label(describe_machine(onednn=False))
     print(f"CPU: {cpu}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
     settings = list(results)
     header = ["case", "impl"] + [

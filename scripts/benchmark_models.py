@@ -210,6 +210,7 @@ def main(argv):
         parse_model_spec,
         split_top_level,
     )
+    from keras_fusionseg.utils.machine import describe_machine, machine_label
     from keras_fusionseg.utils.precision import native_bfloat16
 
     height, width = parse_input_size(FLAGS.input_size)
@@ -281,6 +282,7 @@ def main(argv):
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     machine = {
         "cpu_model": cpu_model_name(),
+        "cpu": machine_label(describe_machine()),  # family/model, ISA, cores, oneDNN
         "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__,
         "onednn": onednn_setting(),
@@ -290,7 +292,7 @@ def main(argv):
     print()
     print(
         f"Input {height}x{width}, {FLAGS.num_classes} classes, batch 1, median of {FLAGS.runs} "
-        f"interleaved runs after {FLAGS.warmup} warm-up; CPU {machine['cpu_model']} "
+        f"interleaved runs after {FLAGS.warmup} warm-up; CPU {machine['cpu']} "
         f"({machine['cpu_count']} CPU(s)), TF {tf.__version__}, TF_ENABLE_ONEDNN_OPTS="
         f"{machine['onednn']['env']} (oneDNN in effect: {machine['onednn']['effective']}), "
         "load average at the end "

@@ -7,8 +7,6 @@ GFLOP/s.
 
 import csv
 import io
-import platform
-import subprocess
 import time
 
 import numpy as np
@@ -16,6 +14,7 @@ import tensorflow as tf
 
 from keras_fusionseg.evaluation.inference import SegmentationPipeline
 from keras_fusionseg.export.tflite import TFLiteSegmenter, make_converter
+from keras_fusionseg.utils.machine import describe_machine
 from keras_fusionseg.utils.precision import onednn_setting  # noqa: F401  (re-exported)
 
 
@@ -125,26 +124,9 @@ def int8_error_by_layer(model, representative_images, input_size, top=10):
 
 
 def cpu_model_name():
-    """The CPU's model name as `lscpu` gives it ("Model name:"), else from /proc/cpuinfo."""
-    try:
-        text = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                return value.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name as `lscpu` gives it ("Model name:"), else from /proc/cpuinfo
+    (`utils.machine.describe_machine` has the family/model number and ISA as well)."""
+    return describe_machine(onednn=False)["cpu"]
 
 
 def achieved_gflops(macs, images_per_second):
