@@ -14,6 +14,8 @@ import tensorflow as tf
 from keras_fusionseg import models
 from keras_fusionseg.export import optimize
 from keras_fusionseg.export.optimize import (
+    count_batch_norms,
+    fold_batch_norm,
     resolve_inference_precision,
     to_bfloat16,
     with_precision,
@@ -283,3 +285,22 @@ def test_script_precision_flags_list_the_library_values(name, load_script):
     assert (sorted(set(values) - {"both"}) if name == "benchmark_models" else values) == (
         sorted(expected) if name == "benchmark_models" else expected
     )
+
+
+def test_bfloat16_model_folds_its_batch_norms(tiny):
+    """Folding clones composite heads (whose sublayers are made in __init__) under the model's
+    own policy: without that the decoder mixed float32 and bfloat16 tensors in its concat."""
+    _, rebuilt, images, _, bf16_logits = tiny
+    folded = fold_batch_norm(rebuilt)
+    assert count_batch_norms(folded) == 0
+    policies = {
+        layer.dtype_policy.name
+        for layer in folded._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, CONVS)
+    }
+    assert policies == {"mixed_bfloat16"}
+    folded_logits = np.asarray(folded(images, training=False))
+    bf16_logits = np.asarray(bf16_logits)
+    spread = float(bf16_logits.max() - bf16_logits.min())
+    assert np.mean(folded_logits.argmax(-1) == bf16_logits.argmax(-1)) >= 0.95
+    assert np.abs(folded_logits - bf16_logits).max() <= 0.05 * spread

@@ -437,3 +437,19 @@ def test_shipped_presets_fit_the_size_budget():
         for file in files
     )
     assert total <= 60e6, f"presets take {total / 1e6:.1f} MB (issue 16: at most 60 MB)"
+
+
+def test_training_config_of_an_older_preset_gets_fields_added_since():
+    """A preset trained before a config field existed (e.g. `train.jit_compile`) still gives a
+    valid config: the new field takes its default, stored values and free-form dicts stay."""
+    from keras_fusionseg.training.config import check_fields
+
+    config = default_config().to_dict()
+    del config["train"]["jit_compile"]
+    config["model"]["backbone_options"] = {}  # the default is {"alpha": 0.35}: must not come back
+    config["train"]["epochs"] = 26
+    restored = presets.training_config({"training": {"config": config}})
+    check_fields(restored)
+    assert restored.train.jit_compile is False
+    assert restored.train.epochs == 26
+    assert dict(restored.model.backbone_options) == {}

@@ -122,7 +122,8 @@ def _fold_composite(layer):
             conv, bn = getattr(layer, conv_name), getattr(layer, bn_name)
             if _foldable(conv, bn):
                 _swap(layer, conv_name, conv, _biased_copy(conv, bn))
-                _swap(layer, bn_name, bn, keras.layers.Identity(name=bn.name))
+                identity = keras.layers.Identity(name=bn.name, dtype=bn.dtype_policy)
+                _swap(layer, bn_name, bn, identity)
     for sublayer in list(layer._layers):
         _fold_composite(sublayer)
 
@@ -176,6 +177,14 @@ def _graph_pairs(model):
     return pairs
 
 
+def _model_policy(model):
+    """The dtype policy of `model`'s convs when they share one, else the global policy."""
+    names = {
+        layer.dtype_policy.name for layer in model._flatten_layers() if isinstance(layer, _CONVS)
+    }
+    return names.pop() if len(names) == 1 else keras.config.dtype_policy().name
+
+
 def fold_batch_norm(model):
     """A copy of `model` with every batch norm that follows a conv folded into that conv.
 
@@ -227,15 +236,18 @@ def fold_batch_norm(model):
             return args[0]
         return layer(*args, **kwargs)
 
-    folded = keras.models.clone_model(
-        model, clone_function=clone, call_function=call, recursive=True
-    )
-    for new, old, bn in copies:
-        if bn is not None:
-            new.set_weights(_folded_weights(old, bn))
-        else:
-            new.set_weights(old.get_weights())
-            _fold_composite(new)
+    # Composite layers build their sublayers in __init__ under the global dtype policy, so a
+    # mixed-precision model (`to_bfloat16`) is cloned under its own policy.
+    with dtype_policy(_model_policy(model)):
+        folded = keras.models.clone_model(
+            model, clone_function=clone, call_function=call, recursive=True
+        )
+        for new, old, bn in copies:
+            if bn is not None:
+                new.set_weights(_folded_weights(old, bn))
+            else:
+                new.set_weights(old.get_weights())
+                _fold_composite(new)
     if isinstance(model, SegmentationModel):  # keep the record of how it was built
         folded = SegmentationModel(
             folded.input,

@@ -385,12 +385,33 @@ def check_preset_checksum(name, data_root, *, root=None):
 
 def training_config(metadata):
     """The preset's training config as an `ml_collections.ConfigDict` (JSON lists as tuples),
-    for evaluating it on its dataset the way it was trained."""
+    for evaluating it on its dataset the way it was trained.
+
+    Fields added to `default_config` after the preset was trained (e.g. `train.jit_compile`)
+    take their defaults, so older presets still pass `validate_config`; every stored field
+    keeps its stored value (dict-valued fields such as `model.options` are kept whole)."""
     import ml_collections
 
     from keras_fusionseg.models.segmentation_model import lists_to_tuples
+    from keras_fusionseg.training.config import default_config
 
-    return ml_collections.ConfigDict(lists_to_tuples(metadata["training"]["config"]))
+    stored = lists_to_tuples(metadata["training"]["config"])
+    return ml_collections.ConfigDict(_with_new_fields(default_config().to_dict(), stored))
+
+
+def _with_new_fields(defaults, stored, prefix=""):
+    """`stored` (a config as nested dicts) plus the fields of `defaults` it lacks; config
+    sections are merged, free-form dict fields (`training.config.FREE_FORM`) kept whole."""
+    from keras_fusionseg.training.config import FREE_FORM
+
+    merged = dict(stored)
+    for key, default in defaults.items():
+        path = f"{prefix}{key}"
+        if key not in merged:
+            merged[key] = default
+        elif isinstance(default, dict) and isinstance(merged[key], dict) and path not in FREE_FORM:
+            merged[key] = _with_new_fields(default, merged[key], path + ".")
+    return merged
 
 
 def class_names_and_palette(metadata):
