@@ -224,14 +224,25 @@ def test_bfloat16_model_has_the_same_weights(tiny):
     assert rebuilt.loss_spec == model.loss_spec and rebuilt.dataset == model.dataset
 
 
-def test_models_that_cannot_be_rebuilt_are_refused():
+def test_plain_functional_models_convert_and_subclassed_ones_are_refused():
+    """Presets and `.keras` files of older runs are plain functional models: they convert."""
     inputs = keras.Input((8, 8, 3))
-    plain = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs), name="plain")
-    with pytest.raises(ValueError, match="'plain' is a Functional, not a SegmentationModel"):
-        to_bfloat16(plain)
-    unrecorded = SegmentationModel(inputs, plain.output, name="unrecorded")
-    with pytest.raises(ValueError, match="cannot rebuild model 'unrecorded'.*records no"):
-        to_bfloat16(unrecorded)
+    hidden = keras.layers.Conv2D(4, 3, padding="same", name="hidden")(inputs)
+    outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(hidden)
+    plain = keras.Model(inputs, outputs, name="plain")
+    converted = to_bfloat16(plain)
+    assert not isinstance(converted, SegmentationModel)
+    assert converted.get_layer("hidden").dtype_policy.name == "mixed_bfloat16"
+    assert converted.get_layer("logits").dtype_policy.name == "float32"  # outputs keep theirs
+    images = np.random.default_rng(0).uniform(0, 255, (1, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(converted(images), plain(images), rtol=0.02, atol=0.5)
+
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="clones a functional keras.Model.*Subclassed"):
+        to_bfloat16(Subclassed())
 
 
 @pytest.mark.slow  # saves the model, loads it twice and rebuilds it

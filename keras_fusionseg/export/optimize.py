@@ -32,9 +32,7 @@ import keras
 import numpy as np
 
 from keras_fusionseg.layers.common import ConvBNReLU, SeparableConvBN
-from keras_fusionseg.models.presets import set_weights_by_path, weights_by_path
-from keras_fusionseg.models.registry import build
-from keras_fusionseg.models.segmentation_model import SegmentationModel, rebuild_kwargs
+from keras_fusionseg.models.segmentation_model import SegmentationModel
 from keras_fusionseg.utils.precision import dtype_policy, native_bfloat16
 
 # Conv classes whose output channels a per-channel scale can be folded into (subclasses, e.g.
@@ -177,6 +175,21 @@ def _graph_pairs(model):
     return pairs
 
 
+def _with_record(model, copy):
+    """`copy` as a `SegmentationModel` with `model`'s record (how it was built, losses,
+    dataset) when `model` is one, else `copy` itself."""
+    if not isinstance(model, SegmentationModel):
+        return copy
+    return SegmentationModel(
+        copy.input,
+        copy.output,
+        name=model.name,
+        build_arguments=model.build_arguments,
+        loss_spec=model.loss_spec,
+        dataset=model.dataset,
+    )
+
+
 def _model_policy(model):
     """The dtype policy of `model`'s convs when they share one, else the global policy."""
     names = {
@@ -248,16 +261,7 @@ def fold_batch_norm(model):
             else:
                 new.set_weights(old.get_weights())
                 _fold_composite(new)
-    if isinstance(model, SegmentationModel):  # keep the record of how it was built
-        folded = SegmentationModel(
-            folded.input,
-            folded.output,
-            name=model.name,
-            build_arguments=model.build_arguments,
-            loss_spec=model.loss_spec,
-            dataset=model.dataset,
-        )
-    return folded
+    return _with_record(model, folded)
 
 
 def count_batch_norms(model):
@@ -272,54 +276,55 @@ INFERENCE_PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 def to_bfloat16(model):
-    """`model` rebuilt under the "mixed_bfloat16" dtype policy, with the same weights.
+    """`model` cloned under the "mixed_bfloat16" dtype policy, with the same weights.
 
     Layers then compute in bfloat16 (half the memory traffic of float32, and on CPUs with
     AVX512-BF16 / AMX-BF16 or Arm BF16 the dot products run in hardware) while their variables
-    stay float32; the heads cast the logits to float32 (`models.heads.model_tail`), so the
-    outputs keep their dtype. Batch norms normalise in float32 inside (Keras upcasts bfloat16
-    inputs). The input model is not changed.
+    stay float32; the layers that produce the model's outputs keep their own policy (our heads
+    cast the logits to float32: `models.heads.model_tail`), so the outputs keep their dtype.
+    Batch norms normalise in float32 inside (Keras upcasts bfloat16 inputs). The input model
+    is not changed.
 
-    Why a rebuild and not `clone_model`: every layer's config records its dtype policy
-    (float32), so a clone keeps it, and our composite layers create their sublayers
-    themselves; building the model again under the policy gives every layer, nested ones
-    included, the bfloat16 policy. The weights are then copied by variable path.
+    Why not `clone_model` alone: every layer's config records its dtype policy (float32), and
+    our composite layers create their sublayers in `__init__` under the global policy; so each
+    layer is re-created from its config with the policy replaced, under a global
+    "mixed_bfloat16" policy, which is what building the model under that policy gives. Any
+    functional model works this way: `models.build` ones, `.keras` files, presets (whose
+    configs carry no build arguments) and models on backbone objects.
 
     Args:
-        model: a `SegmentationModel` from `models.build` (or a `.keras` file of one) whose
-            build arguments are recorded (`models.segmentation_model.rebuild_kwargs`).
+        model: a functional `keras.Model` (a `SegmentationModel` keeps its record).
 
     Returns:
-        A new `SegmentationModel` with the same inputs, outputs, build record and weights.
+        A new functional model with the same inputs, outputs and weights.
 
     Raises:
-        ValueError: `model` is not a `SegmentationModel`, or cannot be rebuilt from its record
-            (e.g. it was built on a backbone object), or its weights do not fit the rebuild.
+        ValueError: `model` is not a functional model.
     """
-    if not isinstance(model, SegmentationModel):
+    if not hasattr(model, "_nodes_by_depth"):
         raise ValueError(
-            f"to_bfloat16 rebuilds a model from its `models.build` arguments; model "
-            f"{model.name!r} is a {type(model).__name__}, not a SegmentationModel (build it "
-            "with keras_fusionseg.models.build, or under keras.config.set_dtype_policy"
-            '("mixed_bfloat16") yourself).'
+            f"to_bfloat16 clones a functional keras.Model; model {model.name!r} is a "
+            f"{type(model).__name__} (subclassed models: build them under "
+            'keras.config.set_dtype_policy("mixed_bfloat16") yourself).'
         )
-    try:
-        kwargs = rebuild_kwargs(model)
-    except ValueError as error:
-        raise ValueError(f"to_bfloat16 cannot rebuild model {model.name!r}: {error}") from error
-    arrays = weights_by_path(model, storage_dtype="float32")
+    # The top model's outputs only: a nested backbone's feature maps compute in bfloat16 too.
+    outputs = keras.tree.flatten(model.outputs)
+    output_layers = {id(tensor._keras_history.operation) for tensor in outputs}
+    copies = []  # (new layer, old layer)
+
+    def clone(layer):
+        config = layer.get_config()
+        if id(layer) not in output_layers:
+            config["dtype"] = "mixed_bfloat16"
+        new = type(layer).from_config(config)
+        copies.append((new, layer))
+        return new
+
     with dtype_policy("mixed_bfloat16"):
-        rebuilt = build(**kwargs)
-    try:
-        set_weights_by_path(rebuilt, arrays, preset=f"{model.name} (bfloat16 rebuild)")
-    except ValueError as error:
-        raise ValueError(
-            f"to_bfloat16: the rebuild of model {model.name!r} from its build arguments has "
-            f"other variables than the model: {error}"
-        ) from error
-    rebuilt.loss_spec = model.loss_spec
-    rebuilt.dataset = model.dataset
-    return rebuilt
+        converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    for new, old in copies:
+        new.set_weights(old.get_weights())
+    return _with_record(model, converted)
 
 
 def resolve_inference_precision(name):
