@@ -55,6 +55,12 @@ _PRECISION = flags.DEFINE_enum(
     "CPUs with native bf16 (AVX512-BF16/AMX with oneDNN on, Arm BF16); auto = bfloat16 when "
     "this CPU has it (keras_fusionseg.utils.precision.native_bfloat16), else float32.",
 )
+_FOLD_BATCH_NORM = flags.DEFINE_bool(
+    "fold_batch_norm",
+    True,
+    ".keras models and presets: fold batch norms into their convs first (exact in inference; "
+    "+4% images/s on ResNet-50, +11% on MobileNetV2 measured, README Speed).",
+)
 _SKIP_ERRORS = flags.DEFINE_bool(
     "skip_errors",
     True,
@@ -69,6 +75,7 @@ def main(argv):
     from keras_fusionseg.export import predict_files as pf
     from keras_fusionseg.export.optimize import resolve_inference_precision, with_precision
     from keras_fusionseg.export.predictor import load_segmenter
+    from keras_fusionseg.export.saved_model import fold_batch_norm_if_functional, is_saved_model_dir
 
     precision, reason = resolve_inference_precision(_PRECISION.value)
     if _PRECISION.value != "float32":
@@ -86,12 +93,20 @@ def main(argv):
         from keras_fusionseg.models import presets
 
         model, metadata = presets.load_checkpoint_or_preset(preset=_PRESET.value)
-        segmenter = SegmentationPipeline(with_precision(model, precision), **options)
+        model = with_precision(model, precision)
+        if _FOLD_BATCH_NORM.value:
+            model = fold_batch_norm_if_functional(model)
+            print("batch norms folded into their convs (--nofold_batch_norm keeps them)")
+        segmenter = SegmentationPipeline(model, **options)
         class_names, palette = presets.class_names_and_palette(metadata)
         if _DATASET.value:
             class_names, palette = pf.class_names_and_palette(_DATASET.value)
     else:
-        segmenter = load_segmenter(model_path, precision=precision, **options)
+        keras_file = not (model_path.endswith(".tflite") or is_saved_model_dir(model_path))
+        fold = _FOLD_BATCH_NORM.value and keras_file  # shipped forms have their graph fixed
+        if fold:
+            print("batch norms folded into their convs (--nofold_batch_norm keeps them)")
+        segmenter = load_segmenter(model_path, precision=precision, fold_batch_norm=fold, **options)
         dataset = _DATASET.value or pf.dataset_name_for(model_path)
         class_names, palette = pf.class_names_and_palette(dataset, _NUM_CLASSES.value)
     failures = [] if _SKIP_ERRORS.value else None

@@ -338,6 +338,7 @@ def test_predict_script_with_preset(presets_env, trained, in_tmp, load_script, c
     run_script(script, [f"--preset={NAME}", f"--inputs={in_tmp / 'street.png'}"])
     output = capsys.readouterr().out
     assert f"1 images (preset {NAME!r}, keras model)" in output
+    assert "batch norms folded into their convs" in output  # the default inference path
     labels = np.asarray(Image.open("predictions/street_label.png"))
     expected = np.asarray(models.from_preset(NAME)(trained["image"][None]))[0].argmax(-1)
     np.testing.assert_array_equal(labels, expected)
