@@ -36,18 +36,10 @@ def main(argv):
     del argv
     from keras_fusionseg import models
     from keras_fusionseg.utils import count_parameters, macs_by_op_type
-    from keras_fusionseg.utils.cli_options import parse_input_size, parse_key_values
+    from keras_fusionseg.utils.cli_options import build_from_flags, parse_input_size
 
     height, width = parse_input_size(FLAGS.input_size)
-    model = models.build(
-        FLAGS.model,
-        num_classes=FLAGS.num_classes,
-        input_shape=(height, width, 3),
-        backbone=FLAGS.backbone,
-        output_stride=FLAGS.output_stride,
-        backbone_options=parse_key_values(FLAGS.backbone_options, "--backbone_options"),
-        **parse_key_values(FLAGS.options, "--options"),
-    )
+    model = build_from_flags(FLAGS, height, width)
     params = count_parameters(model)
     macs = macs_by_op_type(
         model, (height, width), count_dilation_padding=FLAGS.count_dilation_padding

@@ -263,7 +263,7 @@ def load_model(height, width):
     """(model, its `models.describe_model` description) from the flags: a registered model,
     a checkpoint or a preset."""
     from keras_fusionseg import models
-    from keras_fusionseg.utils.cli_options import parse_key_values
+    from keras_fusionseg.utils.cli_options import build_from_flags
 
     if FLAGS.checkpoint or FLAGS.preset:
         given = [name for name in MODEL_FLAGS if FLAGS[name].present]
@@ -278,15 +278,7 @@ def load_model(height, width):
             checkpoint=FLAGS.checkpoint, preset=FLAGS.preset
         )
         return model, models.describe_model(model, path=FLAGS.checkpoint, metadata=metadata)
-    model = models.build(
-        FLAGS.model,
-        num_classes=FLAGS.num_classes,
-        input_shape=(height, width, 3),
-        backbone=FLAGS.backbone,
-        output_stride=FLAGS.output_stride,
-        backbone_options=parse_key_values(FLAGS.backbone_options, "--backbone_options"),
-        **parse_key_values(FLAGS.options, "--options"),
-    )
+    model = build_from_flags(FLAGS, height, width)
     return model, models.describe_model(model)
 
 

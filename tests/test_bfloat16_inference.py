@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.batch_norm import randomise_batch_norms
 
 from keras_fusionseg import models
 from keras_fusionseg.export import optimize
@@ -142,16 +143,6 @@ def test_unknown_precisions_are_refused():
 
 
 # to_bfloat16
-
-
-def randomise_batch_norms(model, rng):
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0.0, 0.5, n))
-            layer.moving_variance.assign(rng.uniform(0.2, 2.0, n))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-            layer.beta.assign(rng.normal(0.0, 0.3, n))
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.batch_norm import randomise_batch_norms
 
 from keras_fusionseg import models
 from keras_fusionseg.export import export_saved_model
@@ -20,18 +21,6 @@ from keras_fusionseg.layers.common import (
 )
 
 SIZE = 64
-
-
-def randomise_batch_norms(model, rng):
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0.0, 0.5, n))
-            layer.moving_variance.assign(rng.uniform(0.2, 2.0, n))
-            if layer.scale:
-                layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-            if layer.center:
-                layer.beta.assign(rng.normal(0.0, 0.3, n))
 
 
 def outputs(model, x):

@@ -107,3 +107,20 @@ def parse_model_spec(spec):
                 f"Model spec {spec!r}: output stride must be an integer, received {positional[1]!r}."
             ) from error
     return result
+
+
+def build_from_flags(flag_values, height, width):
+    """`models.build` from the model flags scripts share (`model`, `num_classes`, `backbone`,
+    `output_stride`, and `backbone_options` / `options` as "key=value,..." text) at
+    `height` x `width` (scripts/model_info.py, scripts/profile_model.py)."""
+    from keras_fusionseg import models
+
+    return models.build(
+        flag_values.model,
+        num_classes=flag_values.num_classes,
+        input_shape=(height, width, 3),
+        backbone=flag_values.backbone,
+        output_stride=flag_values.output_stride,
+        backbone_options=parse_key_values(flag_values.backbone_options, "--backbone_options"),
+        **parse_key_values(flag_values.options, "--options"),
+    )
