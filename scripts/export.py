@@ -38,6 +38,12 @@ _SIZE_DIVISOR = flags.DEFINE_integer("size_divisor", 32, "Padding multiple for -
 _INPUT_SIZE = flags.DEFINE_list("input_size", [], "height,width for --size_policy=resize.")
 _PAD_VALUE = flags.DEFINE_float("pad_value", 127.5, "Raw pixel value of constant padding.")
 _PAD_MODE = flags.DEFINE_enum("pad_mode", "constant", ["constant", "symmetric"], "Padding mode.")
+_FOLD_BATCH_NORM = flags.DEFINE_bool(
+    "fold_batch_norm",
+    True,
+    "Export the SavedModel with batch norms folded into their convs (exact in inference; "
+    "+4% images/s on ResNet-50, +11% on MobileNetV2 measured, README Speed).",
+)
 _PROBABILITIES = flags.DEFINE_bool("probabilities", False, "Also output class probabilities.")
 _TFLITE = flags.DEFINE_list(
     "tflite", [], "Quantizations to convert to: fp32, fp16, dynamic_int8, full_int8."
@@ -97,11 +103,17 @@ def main(argv):
         input_size=_size(_INPUT_SIZE.value, "input_size"),
         pad_value=_PAD_VALUE.value,
         include_probabilities=_PROBABILITIES.value,
+        fold_batch_norm=_FOLD_BATCH_NORM.value,
     )
     with open(os.path.join(_OUTPUT.value, "export_config.json"), "w") as f:
         dataset = _CALIBRATION_SOURCE.value or _workdir_data(model, model_path, metadata)[0]
         origin = f"preset:{_PRESET.value}" if _PRESET.value else os.path.abspath(model_path)
-        record = {"model": origin, "dataset": dataset, **pipeline.config()}
+        record = {
+            "model": origin,
+            "dataset": dataset,
+            "fold_batch_norm": _FOLD_BATCH_NORM.value,
+            **pipeline.config(),
+        }
         json.dump(record, f, indent=2)
     print(f"SavedModel ({pipeline.size_policy} size policy) written to {saved_model_dir}")
 

@@ -377,6 +377,7 @@ def test_export_script_with_preset(presets_env, trained, in_tmp, load_script):
     run_script(script, [f"--preset={NAME}", f"--output={in_tmp / 'exported'}"])
     record = json.loads((in_tmp / "exported" / "export_config.json").read_text())
     assert record["model"] == f"preset:{NAME}" and record["dataset"] == "synthetic_shapes"
+    assert record["fold_batch_norm"] is True  # the default export path
     loaded = tf.saved_model.load(str(in_tmp / "exported" / "saved_model"))
     images = tf.constant(trained["image"][None])
     ids = loaded.signatures["serving_default"](images=images)["class_ids"][0].numpy()
