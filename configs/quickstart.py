@@ -13,7 +13,13 @@ def get_config():
     config.data.name = "synthetic_shapes"
     config.data.crop_size = (96, 96)
     config.data.batch_size = 8
-    config.train.epochs = 10
+    # synthetic_shapes already draws object sizes over a 2.3x range and random saturation,
+    # brightness and backgrounds, and each class has its own hue band: scale and colour
+    # augmentation add nothing the data lacks and blur the hue cue. Measured on a 2-core Zen 4
+    # (README Quick start): with both, 16 epochs reach val mIoU 0.714; without, 0.769.
+    config.data.scale_range = (1.0, 1.0)
+    config.data.color_jitter = False
+    config.train.epochs = 16
     config.train.steps_per_epoch = 80
     config.train.learning_rate = 0.05
     config.train.warmup_steps = 20
