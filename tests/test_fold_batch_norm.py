@@ -12,7 +12,7 @@ from helpers.batch_norm import randomise_batch_norms
 
 from keras_fusionseg import models
 from keras_fusionseg.export import export_saved_model
-from keras_fusionseg.export.optimize import count_batch_norms, fold_batch_norm
+from keras_fusionseg.export.optimize import count_batch_norms, fold_batch_norm, to_bfloat16
 from keras_fusionseg.layers.common import (
     AtrousConv2D,
     AtrousDepthwiseConv2D,
@@ -189,6 +189,30 @@ def test_folded_model_exports(tmp_path, rng):
     np.testing.assert_array_equal(class_ids.numpy()[decided], logits.argmax(-1)[decided])
 
 
+def test_folding_a_folded_model_changes_nothing(rng):
+    # export_saved_model folds by default, so a model folded by the user is folded again: the
+    # folded ConvBNReLU / SeparableConvBN must rebuild from their configs without BNs.
+    name = "fastfcn_aspp"  # SeparableConvBN in JPU, ConvBNReLU in ASPP, graph BNs in backbone
+    model = models.build(name, num_classes=3, **models.get_model_spec(name).tiny)
+    randomise_batch_norms(model, rng)
+    once = fold_batch_norm(model)
+    twice = fold_batch_norm(once)
+    separable = [
+        layer
+        for layer in twice._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, SeparableConvBN)
+    ]
+    assert separable and not any(layer.get_config()["use_bn"] for layer in separable)
+    assert count_batch_norms(twice) == count_batch_norms(once) == 0
+    assert len(twice.weights) == len(once.weights)
+    image = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(outputs(twice, image), outputs(once, image), rtol=0, atol=1e-6)
+    # Any clone of a folded model (here the bfloat16 rebuild) takes the folded weights too.
+    rebuilt = to_bfloat16(once)
+    assert len(rebuilt.weights) == len(once.weights)
+    np.testing.assert_allclose(outputs(rebuilt, image), outputs(once, image), rtol=0.1, atol=0.1)
+
+
 def test_refuses_a_subclassed_model():
     class Plain(keras.Model):
         def call(self, x):
@@ -199,7 +223,7 @@ def test_refuses_a_subclassed_model():
 
 
 @pytest.mark.slow  # two SavedModel exports
-def test_export_and_keras_predictor_fold_on_request(tmp_path, rng):
+def test_export_folds_by_default_and_keras_predictor_on_request(tmp_path, rng):
     from keras_fusionseg.export import load_segmenter
 
     name = "deeplabv3plus"
@@ -215,7 +239,7 @@ def test_export_and_keras_predictor_fold_on_request(tmp_path, rng):
     sizes = {}
     for fold in (True, False):
         path = tmp_path / f"sm_{fold}"
-        options = {"fold_batch_norm": True} if fold else {}
+        options = {} if fold else {"fold_batch_norm": False}  # export's default: folded
         export_saved_model(model, path, signatures=("serving_default",), **options)
         sizes[fold] = len(tf.saved_model.load(str(path)).model_variables)
     # Folded: 2 of each BN's 4 variables gone and one bias per conv added.

@@ -13,9 +13,9 @@ Two places hold conv -> BN pairs in our models:
   the conv cloned with a bias and the BN node dropped;
 - the composite layers `ConvBNReLU` and `SeparableConvBN`, wherever they sit (in the graph or
   inside heads such as `ASPP` or `JointPyramidUpsampling`): their sublayers are swapped in the
-  copy. A `ConvBNReLU` then says `use_bias=True, use_bn=False` in its config, which builds
-  exactly the folded layer; a `SeparableConvBN` keeps its config and identity layers in the BN
-  slots.
+  copy. A `ConvBNReLU` then says `use_bias=True, use_bn=False` in its config and a
+  `SeparableConvBN` `use_bn=False`, which build exactly the folded layer (so folding a folded
+  model again, as `export_saved_model` does by default, changes nothing).
 
 The result is for inference graphs (SavedModel, TFLite, timing): save the original model as
 `.keras`, because heads whose sublayers were swapped rebuild with fresh batch norms on load.
@@ -115,15 +115,35 @@ def _fold_composite(layer):
         _swap(layer, "conv", layer.conv, _biased_copy(layer.conv, layer.bn))
         _swap(layer, "bn", layer.bn, None)
         layer.use_bias, layer.use_bn = True, False
-    elif isinstance(layer, SeparableConvBN):
-        for conv_name, bn_name in (("depthwise", "depthwise_bn"), ("pointwise", "pointwise_bn")):
-            conv, bn = getattr(layer, conv_name), getattr(layer, bn_name)
-            if _foldable(conv, bn):
+    elif isinstance(layer, SeparableConvBN) and layer.use_bn:
+        pairs = (("depthwise", "depthwise_bn"), ("pointwise", "pointwise_bn"))
+        if all(_foldable(getattr(layer, c), getattr(layer, b)) for c, b in pairs):
+            for conv_name, bn_name in pairs:
+                conv, bn = getattr(layer, conv_name), getattr(layer, bn_name)
                 _swap(layer, conv_name, conv, _biased_copy(conv, bn))
-                identity = keras.layers.Identity(name=bn.name, dtype=bn.dtype_policy)
-                _swap(layer, bn_name, bn, identity)
+                _swap(layer, bn_name, bn, None)
+            layer.use_bn = False
     for sublayer in list(layer._layers):
         _fold_composite(sublayer)
+
+
+def _fold_like(new, old):
+    """Folds, in `new` (a fresh copy of `old` made from its config), the composite layers that
+    `old` has folded already, so that both hold the same weights. Composite heads (e.g. JPU,
+    ASPP) re-create their `ConvBNReLU` / `SeparableConvBN` sublayers with batch norms from
+    their own configs; the folded values are copied over afterwards."""
+    if isinstance(old, (ConvBNReLU, SeparableConvBN)):
+        if new.use_bn and not old.use_bn:
+            _fold_composite(new)
+        return
+    for new_sublayer, old_sublayer in zip(new._layers, old._layers, strict=True):
+        _fold_like(new_sublayer, old_sublayer)
+
+
+def _copy_weights(new, old):
+    """`old`'s weights into its clone `new`, where `old` may have been folded already."""
+    _fold_like(new, old)
+    new.set_weights(old.get_weights())
 
 
 def _graph_nodes(model):
@@ -259,7 +279,7 @@ def fold_batch_norm(model):
             if bn is not None:
                 new.set_weights(_folded_weights(old, bn))
             else:
-                new.set_weights(old.get_weights())
+                _copy_weights(new, old)
                 _fold_composite(new)
     return _with_record(model, folded)
 
@@ -323,7 +343,7 @@ def to_bfloat16(model):
     with dtype_policy("mixed_bfloat16"):
         converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
     for new, old in copies:
-        new.set_weights(old.get_weights())
+        _copy_weights(new, old)  # `model` may be folded (`fold_batch_norm`) already
     return _with_record(model, converted)
 
 

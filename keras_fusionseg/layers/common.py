@@ -219,6 +219,8 @@ class SeparableConvBN(keras.layers.Layer):
         kernel_regularizer: optional regularizer for the pointwise kernel (depthwise
             weights are not regularised, as in the reference).
         bn_momentum, bn_epsilon: float.
+        use_bn: bool; False gives both convs a bias and no BN: the inference form
+            `export.optimize.fold_batch_norm` turns a trained layer into.
     """
 
     def __init__(
@@ -232,6 +234,7 @@ class SeparableConvBN(keras.layers.Layer):
         kernel_regularizer=None,
         bn_momentum=BN_MOMENTUM,
         bn_epsilon=BN_EPSILON,
+        use_bn=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -245,6 +248,7 @@ class SeparableConvBN(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.use_bn = use_bn
         strided = strides > 1
         self.pad = (
             keras.layers.ZeroPadding2D(_same_padding((kernel_size, kernel_size), dilation_rate))
@@ -256,17 +260,24 @@ class SeparableConvBN(keras.layers.Layer):
             strides=strides,
             dilation_rate=dilation_rate,
             padding="valid" if strided else "same",
-            use_bias=False,
+            use_bias=not use_bn,
             name="depthwise",
         )
-        self.depthwise_bn = keras.layers.BatchNormalization(
-            momentum=bn_momentum, epsilon=bn_epsilon, name="depthwise_bn"
-        )
+        self.depthwise_bn = self._batch_norm("depthwise_bn")
         self.pointwise = keras.layers.Conv2D(
-            filters, 1, use_bias=False, kernel_regularizer=self.kernel_regularizer, name="pointwise"
+            filters,
+            1,
+            use_bias=not use_bn,
+            kernel_regularizer=self.kernel_regularizer,
+            name="pointwise",
         )
-        self.pointwise_bn = keras.layers.BatchNormalization(
-            momentum=bn_momentum, epsilon=bn_epsilon, name="pointwise_bn"
+        self.pointwise_bn = self._batch_norm("pointwise_bn")
+
+    def _batch_norm(self, name):
+        if not self.use_bn:
+            return None
+        return keras.layers.BatchNormalization(
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name
         )
 
     def build(self, input_shape):
@@ -275,19 +286,24 @@ class SeparableConvBN(keras.layers.Layer):
             shape = self.pad.compute_output_shape(shape)
         self.depthwise.build(shape)
         shape = self.depthwise.compute_output_shape(shape)
-        self.depthwise_bn.build(shape)
         self.pointwise.build(shape)
-        self.pointwise_bn.build(self.pointwise.compute_output_shape(shape))
+        if self.use_bn:
+            self.depthwise_bn.build(shape)
+            self.pointwise_bn.build(self.pointwise.compute_output_shape(shape))
 
     def call(self, x, training=None):
         if self.pre_activation:
             x = tf.nn.relu(x)
         if self.pad is not None:
             x = self.pad(x)
-        x = self.depthwise_bn(self.depthwise(x), training=training)
+        x = self.depthwise(x)
+        if self.use_bn:
+            x = self.depthwise_bn(x, training=training)
         if self.depth_activation:
             x = tf.nn.relu(x)
-        x = self.pointwise_bn(self.pointwise(x), training=training)
+        x = self.pointwise(x)
+        if self.use_bn:
+            x = self.pointwise_bn(x, training=training)
         if self.depth_activation:
             x = tf.nn.relu(x)
         return x
@@ -311,6 +327,7 @@ class SeparableConvBN(keras.layers.Layer):
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "use_bn": self.use_bn,
         }
 
 
