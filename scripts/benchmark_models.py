@@ -43,10 +43,11 @@ flags.DEFINE_bool("count_macs", True, "Count multiply-adds (slow for big models)
 flags.DEFINE_string("json_out", None, "Also write the table (and machine, settings) as JSON here.")
 flags.DEFINE_enum(
     "fold_batch_norm",
-    "off",
+    "on",
     ["off", "on", "both"],
-    "Time the models with batch norm folded into the convs (`export.fold_batch_norm`), as "
-    "built, or both ways in the same rounds.",
+    "Time the models with batch norm folded into the convs (`export.fold_batch_norm`, the "
+    "path predict.py, evaluate.py and exported SavedModels run by default), as built (off), "
+    "or both ways in the same rounds.",
 )
 flags.DEFINE_enum(
     "jit_compile",

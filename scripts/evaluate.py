@@ -60,6 +60,14 @@ _PRECISION = flags.DEFINE_enum(
     "native_bfloat16), else float32. metrics.json records the precision used.",
 )
 
+_FOLD_BATCH_NORM = flags.DEFINE_bool(
+    "fold_batch_norm",
+    True,
+    "Evaluate the model with batch norms folded into their convs, as predict.py and the "
+    "exported SavedModel run it (exact in inference to float rounding; after any BN "
+    "recalibration). metrics.json records it.",
+)
+
 
 def _check_num_classes(model, info, checkpoint, dataset):
     """A checkpoint scored against another class count gives a meaningless mIoU: refuse it."""
@@ -94,6 +102,7 @@ def main(argv):
     import keras_fusionseg  # noqa: F401  (registers custom layers for loading)
     from keras_fusionseg.evaluation import evaluator
     from keras_fusionseg.export.optimize import resolve_inference_precision, with_precision
+    from keras_fusionseg.export.saved_model import fold_batch_norm_if_functional
     from keras_fusionseg.models import presets
     from keras_fusionseg.training import trainer
     from keras_fusionseg.training.config import validate_config
@@ -131,11 +140,18 @@ def main(argv):
         recalibrate_batch_norm(model, images, _RECALIBRATE.value)
     precision, reason = resolve_inference_precision(_PRECISION.value)
     model = with_precision(model, precision)  # after recalibration: it copies the weights
+    if _FOLD_BATCH_NORM.value:
+        model = fold_batch_norm_if_functional(model)
     results = trainer.evaluate_config(config, model)
     evaluator.write_reports(
         results,
         output_dir,
-        {"checkpoint": checkpoint, "precision": precision, "precision_reason": reason},
+        {
+            "checkpoint": checkpoint,
+            "precision": precision,
+            "precision_reason": reason,
+            "fold_batch_norm": _FOLD_BATCH_NORM.value,
+        },
     )
     print(
         f"mIoU {results['mean_iou']:.4f}, pixel accuracy {results['pixel_accuracy']:.4f} on "

@@ -7,7 +7,9 @@ the exported SavedModel under each size policy (`whole` = the export default, `p
 constant and symmetric padding to a multiple of 32, `resize` to `--resize_to`), and TFLite
 fp32 and full int8 (dynamic shape, whole images; int8 calibrated on the training split).
 Each row gives mIoU, pixel accuracy and the share of pixels whose class equals the
-`evaluate.py` path's. Writes `<output>/shipped_scores.json` and prints a Markdown table.
+`evaluate.py` path's. Batch norms are folded into their convs first, as `evaluate.py`,
+`predict.py` and `export.py` do by default (`--nofold_batch_norm` scores the graph as
+trained). Writes `<output>/shipped_scores.json` and prints a Markdown table.
 """
 
 import json
@@ -32,6 +34,9 @@ _FORMS = flags.DEFINE_list(
     "Shipped forms to score besides the evaluate.py path.",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (default: a temporary one).")
+_FOLD_BATCH_NORM = flags.DEFINE_bool(
+    "fold_batch_norm", True, "Score every form with batch norms folded, as they ship."
+)
 
 
 def _export_forms(model, output, calibration_images):
@@ -48,8 +53,12 @@ def _export_forms(model, output, calibration_images):
     for form in _FORMS.value:
         if form in policies:
             path = os.path.join(output, f"saved_model_{form}")
-            export.export_saved_model(
-                model, path, signatures=("serving_default",), **policies[form]
+            export.export_saved_model(  # `model` is already folded (or kept as trained)
+                model,
+                path,
+                signatures=("serving_default",),
+                fold_batch_norm=False,
+                **policies[form],
             )
             segmenters[f"SavedModel ({form})"] = export.load_segmenter(path)
         elif form.startswith("tflite_"):
@@ -76,6 +85,8 @@ def main(argv):
     from keras_fusionseg.evaluation import confusion_from_labels, iou_from_confusion
 
     model = export.load_keras_model(_MODEL.value)
+    if _FOLD_BATCH_NORM.value:
+        model = export.fold_batch_norm_if_functional(model)
     info = data.get_dataset_info(_SOURCE.value) if _SOURCE.value in data.list_datasets() else None
     num_classes = info.num_classes if info else int(model.output_shape[-1])
     ignore_label = info.ignore_label if info else 255
@@ -143,6 +154,7 @@ def main(argv):
         "source": _SOURCE.value,
         "split": _SPLIT.value,
         "num_images": reported["num_images"],
+        "fold_batch_norm": _FOLD_BATCH_NORM.value,
         "rows": rows,
     }
     with open(os.path.join(output, "shipped_scores.json"), "w") as f:

@@ -27,6 +27,12 @@ _RUNS = flags.DEFINE_integer("runs", 5, "Timed rounds (one image per preset per 
 _MULTISCALE = flags.DEFINE_bool("multiscale", True, "Also score multi-scale + flip.")
 _MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Score only this many images (0: all).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the rows as JSON here.")
+_FOLD_BATCH_NORM = flags.DEFINE_bool(
+    "fold_batch_norm",
+    True,
+    "Score and time each preset with batch norms folded into its convs, the default inference "
+    "path of predict.py, evaluate.py and export.py (params and MACs: the preset as trained).",
+)
 
 
 def score(model, metadata, mode):
@@ -99,8 +105,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     height, width = (int(v) for v in _INPUT_SIZE.value)
+    from keras_fusionseg.export import fold_batch_norm_if_functional
     from keras_fusionseg.models import presets
-    from keras_fusionseg.utils import counting
+    from keras_fusionseg.utils import counting, machine
 
     names = _PRESETS.value or [
         name
@@ -110,15 +117,16 @@ def main(argv):
     rows, loaded = [], {}
     for name in names:
         metadata = presets.load_preset_metadata(name)
-        model = presets.from_preset(name)
-        loaded[name] = model
+        trained = presets.from_preset(name)
         training = metadata["training"]
         row = {
             "preset": name,
-            "params": counting.count_parameters(model)["total"],
-            "macs": counting.count_macs(model, (height, width)),
+            "params": counting.count_parameters(trained)["total"],
+            "macs": counting.count_macs(trained, (height, width)),
             "training": f"{training['minutes']:.1f} min, {training['steps']:,} steps",
         }
+        model = fold_batch_norm_if_functional(trained) if _FOLD_BATCH_NORM.value else trained
+        loaded[name] = model
         single = score(model, metadata, "whole")
         row.update(miou=single["mean_iou"], per_class_iou=single["per_class_iou"])
         if _MULTISCALE.value:
@@ -129,15 +137,22 @@ def main(argv):
     for row in rows:
         row["images_per_second"] = speeds[row["preset"]]
     class_names = presets.load_preset_metadata(names[0])["dataset"]["class_names"]
+    cpu = machine.machine_label(machine.describe_machine())
+    path = "batch norms folded" if _FOLD_BATCH_NORM.value else "as trained"
     print(
         f"\n{len(rows)} presets, {_SPLIT.value} split, timed at {height}x{width}, batch 1, "
-        f"median of {_RUNS.value} interleaved rounds, {os.cpu_count()} CPUs, oneDNN "
-        f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}\n"
+        f"median of {_RUNS.value} interleaved rounds, {path}, on {cpu}\n"
     )
     print(markdown(rows, class_names))
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w") as f:
-            json.dump({"input_size": [height, width], "rows": rows}, f, indent=2)
+            record = {
+                "input_size": [height, width],
+                "fold_batch_norm": _FOLD_BATCH_NORM.value,
+                "machine": cpu,
+                "rows": rows,
+            }
+            json.dump(record, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -356,14 +356,34 @@ def test_predict_script_preset_and_model_exclusive(presets_env, in_tmp, load_scr
 
 
 def test_evaluate_script_with_preset_uses_its_training_config(
-    presets_env, in_tmp, load_script, capsys
+    presets_env, in_tmp, load_script, monkeypatch
 ):
+    from keras_fusionseg.export import saved_model
+    from keras_fusionseg.export.optimize import count_batch_norms
+
+    folded = []  # (batch norms before, after) of each model evaluate.py folded
+    fold = saved_model.fold_batch_norm_if_functional
+
+    def spy(model):
+        result = fold(model)
+        folded.append((count_batch_norms(model), count_batch_norms(result)))
+        return result
+
+    monkeypatch.setattr(saved_model, "fold_batch_norm_if_functional", spy)
     script = load_script("evaluate")
     run_script(script, [f"--preset={NAME}", f"--workdir={in_tmp / 'ev'}"])
     metrics = json.loads((in_tmp / "ev" / "eval_whole" / "metrics.json").read_text())
     assert metrics["checkpoint"] == f"preset:{NAME}"
     assert metrics["num_images"] == 2  # the preset's config.eval.max_images
     assert 0 <= metrics["mean_iou"] <= 1
+    # Scored folded by default, as predict.py and the exported SavedModel run it.
+    assert metrics["fold_batch_norm"] is True
+    assert len(folded) == 1 and folded[0][0] > 0 and folded[0][1] == 0
+    output_dir = in_tmp / "as_built"
+    run_script(script, [f"--preset={NAME}", f"--output_dir={output_dir}", "--nofold_batch_norm"])
+    as_built = json.loads((output_dir / "metrics.json").read_text())
+    assert as_built["fold_batch_norm"] is False and len(folded) == 1
+    assert as_built["mean_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-4)
     with pytest.raises(flags.IllegalFlagValueError, match="checkpoint, preset"):
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["evaluate", f"--preset={NAME}", "--checkpoint=c.keras"])

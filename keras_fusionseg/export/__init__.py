@@ -11,6 +11,7 @@ from keras_fusionseg.export.saved_model import (  # noqa: F401
     SIZE_POLICIES,
     export_saved_model,
     find_keras_file,
+    fold_batch_norm_if_functional,
     load_keras_model,
 )
 from keras_fusionseg.export.tflite import (  # noqa: F401

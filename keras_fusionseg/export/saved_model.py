@@ -122,7 +122,7 @@ def export_saved_model(
     pad_mode="constant",
     include_probabilities=False,
     signatures=("serving_default", "serve_bytes", "serve_examples"),
-    fold_batch_norm=False,
+    fold_batch_norm=True,
 ):
     """Writes a SavedModel with raw-image signatures around `model`.
 
@@ -136,8 +136,9 @@ def export_saved_model(
         signatures: which of `serving_default`, `serve_bytes`, `serve_examples` to write.
         fold_batch_norm: bool, export the model with batch norms folded into their convs
             (`export.optimize.fold_batch_norm`: same logits to float rounding, fewer ops;
-            not yet measured faster, so off by default); functional models only, others are
-            exported as they are.
+            +4% images/s on ResNet-50 and +11% on MobileNetV2, README "Speed"), as
+            `scripts/export.py` does; functional models only, others are exported as they
+            are. False keeps the graph as trained.
 
     Returns:
         The `SegmentationPipeline` used (its `config()` says how sizes were handled).
