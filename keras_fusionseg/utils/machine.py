@@ -42,15 +42,19 @@ def lscpu_fields(text=None):
     return fields
 
 
-def _cpuinfo_first(key):
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name.strip() == key:
-                    return value.strip()
-    except OSError:
-        pass
+def cpuinfo_value(key, text=None):
+    """The value of the first `key : value` line of /proc/cpuinfo (or of `text`), the key
+    matched case-insensitively; None when absent or unreadable."""
+    if text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                text = f.read()
+        except OSError:
+            return None
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == key.lower():
+            return value.strip()
     return None
 
 
@@ -78,16 +82,16 @@ def describe_machine(lscpu_text=None, *, onednn=True):
         onednn: bool, also report whether oneDNN is in effect (imports TensorFlow).
     """
     fields = lscpu_fields(lscpu_text)
-    cpu = fields.get("Model name") or _cpuinfo_first("model name")
+    cpu = fields.get("Model name") or cpuinfo_value("model name")
     cpu = cpu or platform.processor() or platform.machine()
-    flags = fields.get("Flags") or _cpuinfo_first("flags") or _cpuinfo_first("Features")
+    flags = fields.get("Flags") or cpuinfo_value("flags") or cpuinfo_value("Features")
     logical = int(fields.get("CPU(s)") or os.cpu_count() or 0) or None
     per_socket, sockets = fields.get("Core(s) per socket"), fields.get("Socket(s)")
     physical = int(per_socket) * int(sockets) if per_socket and sockets else None
     return {
         "cpu": cpu,
-        "model": fields.get("Model") or _cpuinfo_first("model"),
-        "family": fields.get("CPU family") or _cpuinfo_first("cpu family"),
+        "model": fields.get("Model") or cpuinfo_value("model"),
+        "family": fields.get("CPU family") or cpuinfo_value("cpu family"),
         "isa": vector_isa(flags),
         "cores": logical,
         "physical_cores": physical,

@@ -19,6 +19,8 @@ import subprocess
 
 import keras
 
+from keras_fusionseg.utils.machine import cpuinfo_value
+
 CPUINFO_PATH = "/proc/cpuinfo"
 # /proc/cpuinfo "flags" of x86 CPUs with bfloat16 dot products (Cooper Lake, Sapphire Rapids,
 # Zen 4 and later), and the aarch64 "Features" entry of Armv8.6 BF16.
@@ -57,11 +59,7 @@ def onednn_setting():
 
 def _cpuinfo_entries(text, key):
     """The words of the first `key : ...` line of /proc/cpuinfo text (empty set if none)."""
-    for line in text.splitlines():
-        name, sep, value = line.partition(":")
-        if sep and name.strip().lower() == key:
-            return set(value.split())
-    return set()
+    return set((cpuinfo_value(key, text) or "").split())
 
 
 def _macos_sysctl(name):
