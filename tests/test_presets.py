@@ -335,7 +335,9 @@ def test_make_preset_refuses_incomplete_inputs(trained, tmp_path):
 def test_predict_script_with_preset(presets_env, trained, in_tmp, load_script, capsys):
     script = load_script("predict")
     Image.fromarray(trained["image"]).save(in_tmp / "street.png")
-    run_script(script, [f"--preset={NAME}", f"--inputs={in_tmp / 'street.png'}"])
+    # float32: the exact comparison below; the default (auto) may pick bfloat16 on this CPU.
+    inputs = f"--inputs={in_tmp / 'street.png'}"
+    run_script(script, [f"--preset={NAME}", inputs, "--precision=float32"])
     output = capsys.readouterr().out
     assert f"1 images (preset {NAME!r}, keras model)" in output
     assert "batch norms folded into their convs" in output  # the default inference path
