@@ -391,6 +391,51 @@ def test_evaluate_script_with_preset_uses_its_training_config(
         flags.FLAGS(["evaluate", f"--preset={NAME}", "--checkpoint=c.keras"])
 
 
+def test_zoo_table_scores_times_and_tabulates_a_preset(presets_env, in_tmp, load_script, capsys):
+    from keras_fusionseg import data
+    from keras_fusionseg.evaluation import evaluator
+    from keras_fusionseg.export import fold_batch_norm_if_functional
+    from keras_fusionseg.utils import counting
+
+    script = load_script("zoo_table")
+    argv = [f"--presets={NAME}", "--input_size=64,48", "--runs=1", "--max_images=2"]
+    run_script(script, [*argv, "--nomultiscale", f"--json_out={in_tmp / 'zoo.json'}"])
+    record = json.loads((in_tmp / "zoo.json").read_text())
+    assert record["input_size"] == [64, 48] and record["fold_batch_norm"] is True
+    [row] = record["rows"]
+    trained = models.from_preset(NAME)
+    assert row["params"] == counting.count_parameters(trained)["total"]
+    assert row["macs"] == counting.count_macs(trained, (64, 48))
+    assert row["training"] == "1.5 min, 4 steps"  # the workdir's metrics.json: 90 s, 4 steps
+    assert row["images_per_second"] > 0 and "multiscale_miou" not in row
+    # The row's score is evaluation.evaluate of the folded preset on the split's first images.
+    records = data.load_split("synthetic_shapes", "val")
+    expected = evaluator.evaluate(
+        fold_batch_norm_if_functional(trained), records, num_classes=6, max_images=2, verbose=0
+    )
+    assert row["miou"] == pytest.approx(expected["mean_iou"], abs=1e-6)
+    output = capsys.readouterr().out
+    assert f"| `{NAME}` | {100 * row['miou']:.1f} | - | " in output  # no multi-scale column
+    assert "timed at 64x48, batch 1, median of 1 interleaved rounds, batch norms folded" in output
+
+
+def test_zoo_table_markdown_marks_missing_values(load_script):
+    script = load_script("zoo_table")
+    row = {
+        "preset": "p",
+        "miou": 0.5,
+        "multiscale_miou": 0.5625,
+        "params": 2_500_000,
+        "macs": 3_210_000_000,
+        "images_per_second": 12.345,
+        "training": "60.0 min, 1,196 steps",
+        "per_class_iou": {"sky": 0.9, "pole": None, "car": 0.0},
+    }
+    lines = script.markdown([row], ["sky", "pole", "car"]).splitlines()
+    assert lines[2] == "| `p` | 50.0 | 56.2 | 2.50 | 3.21 | 12.35 | 60.0 min, 1,196 steps |"
+    assert lines[-1] == "| `p` | 90.0 | - | 0.0 |"  # pole absent from the split: no IoU
+
+
 @pytest.mark.slow
 def test_export_script_with_preset(presets_env, trained, in_tmp, load_script):
     import tensorflow as tf
