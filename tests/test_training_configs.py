@@ -103,8 +103,10 @@ def test_mobilenetv2_design_recipes_keep_the_baselines_budget():
             "model.output_stride",
             "train.epochs",
         }, model
-        assert config["train.epochs"] <= baseline["train.epochs"], model
+        epochs = load_config(f"camvid:model={model},backbone=mobilenetv2").train.epochs
+        assert epochs <= load_config("camvid").train.epochs, model  # ints: flatten gives reprs
     assert load_config("camvid:model=fastfcn_psp,backbone=mobilenetv2").train.epochs == 15
+    assert load_config("camvid:model=exfuse,backbone=mobilenetv2").train.epochs == 6
     pspnet = load_config("camvid:model=pspnet,backbone=mobilenetv2").model
     assert (pspnet.options["head_width"], pspnet.options["aux_width"]) == (256, 128)
 
