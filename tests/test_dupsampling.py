@@ -6,7 +6,11 @@ import pytest
 import tensorflow as tf
 from helpers.layer_test import config_clone
 
-from keras_fusionseg.layers.dupsampling import AdaptiveTemperatureSoftmax, DUpsampling
+from keras_fusionseg.layers.dupsampling import (
+    AdaptiveTemperatureSoftmax,
+    DUpsampling,
+    fit_to_reference,
+)
 from keras_fusionseg.layers.dupsampling_pca import (
     DUpsamplingBasis,
     fit_dupsampling,
@@ -201,3 +205,13 @@ def test_fit_streams_tf_data_and_saves(rng, tmp_path):
         fit_dupsampling(labels, 3, 4, 49)
     with pytest.raises(ValueError, match="not a DUpsampling basis"):
         load_dupsampling_basis(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("size", [(5, 7), (3, 4), (7, 3), (4, 7)])
+def test_fit_to_reference_crops_or_repeats_the_last_row_and_column(size):
+    x = np.arange(2 * 4 * 5 * 3, dtype=np.float32).reshape(2, 4, 5, 3)
+    reference = np.zeros((2, *size, 1), np.float32)
+    rows = np.minimum(np.arange(size[0]), 3)  # NumPy reference: edge extension of the crop
+    cols = np.minimum(np.arange(size[1]), 4)
+    expected = x[:, rows][:, :, cols]
+    np.testing.assert_array_equal(fit_to_reference(x, reference).numpy(), expected)

@@ -157,3 +157,21 @@ def test_dunet_full_size_decoder_macs_are_the_light_layout():
     positions = (size // ratio) ** 2
     decoder = count_macs(model, (size, size)) - count_macs(backbone, (size, size))
     assert decoder == positions * per_position
+
+
+def test_mobilenetv2_halving_odd_sizes_down_still_gives_the_input_size():
+    """88 -> 44 -> 22 -> 11 -> 5 at stride 16: DUpsampling's 16 x 5 = 80 columns are fitted
+    to the 88 of the image, the last 8 repeating column 79 (not a smaller logit map)."""
+    model = models.build(
+        "dunet",
+        num_classes=3,
+        backbone="mobilenetv2",
+        backbone_options={"alpha": 0.35},
+        output_stride=16,
+        decoder_channels=16,
+    )
+    image = np.random.default_rng(0).uniform(0, 255, (1, 67, 88, 3)).astype(np.float32)
+    logits = predict(model, image)
+    assert logits.shape == (1, 67, 88, 3)
+    np.testing.assert_array_equal(logits[:, :, 80:], np.repeat(logits[:, :, 79:80], 8, axis=2))
+    np.testing.assert_array_equal(logits[:, 64:], np.repeat(logits[:, 63:64], 3, axis=1))

@@ -198,3 +198,25 @@ def test_layer_rearrangement_keeps_macs():
         counts.append(conv_macs(backbone))
     assert counts[0] == counts[1] > 0
     assert LAYER_REARRANGEMENT["stage_widths"] == (64, 128, 256, 512)
+
+
+# MobileNetV2 (default padding) halves odd sizes down: 88 -> 44 -> 22 -> 11 -> 5, so ECRE's x2
+# of "P5" (10) is narrower than "P4" (11), and the deconvolutions' last x2 is smaller than the
+# image on 67 x 45. The exact-factor upsamplers fit their output to the finer size.
+@pytest.mark.parametrize(
+    "name, options",
+    [("exfuse", {"ss_channels": 8}), ("gcn", {"upsampling": "deconv"})],
+)
+@pytest.mark.parametrize("size", [(64, 88), (67, 45)])
+def test_exact_x2_upsampling_on_a_backbone_that_halves_odd_sizes_down(name, options, size):
+    model = models.build(
+        name,
+        num_classes=3,
+        backbone="mobilenetv2",
+        backbone_options={"alpha": 0.35},
+        output_stride=32,
+        gcn_kernel_size=3,
+        **options,
+    )
+    logits = np.asarray(model(np.zeros((1, *size, 3), np.float32)))
+    assert logits.shape == (1, *size, 3) and np.all(np.isfinite(logits))

@@ -18,10 +18,21 @@ import tensorflow as tf
 from keras_fusionseg.layers.common import PACKAGE, check_positive_int
 
 
-def crop_to_reference(x, reference):
-    """Crops NHWC `x` (top-left anchored) to the height and width of `reference`."""
+def fit_to_reference(x, reference):
+    """NHWC `x` (top-left anchored) made the height and width of `reference`: cropped at the
+    bottom/right where larger, extended by repeating its last row/column where smaller.
+
+    Exact-factor upsampling (DUpsampling's r x r patches, ECRE's sub-pixel x2, deconvolutions)
+    of a backbone that pads stride-2 convs "same"-like gives r * ceil(H / r) >= H rows: a crop.
+    A backbone that halves odd sizes down (MobileNetV2 with its ImageNet-compatible padding,
+    `strided_padding="keras"`) gives fewer rows than the reference: the missing last rows
+    (fewer than r) repeat the last predicted one instead of failing or returning a smaller map.
+    """
     size = tf.shape(reference)[1:3]
-    return x[:, : size[0], : size[1], :]
+    shape = tf.shape(x)
+    rows = tf.minimum(tf.range(size[0]), shape[1] - 1)
+    cols = tf.minimum(tf.range(size[1]), shape[2] - 1)
+    return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -41,7 +52,9 @@ class DUpsampling(keras.layers.Layer):
 
     Call with `x` (batch, h, w, C~) or `[x, reference]`; with a reference the output (size
     (h*r, w*r)) is cropped at the bottom/right to the reference's height and width, which is
-    the same as padding the label bottom/right to a multiple of r (paper Sec. 3.1).
+    the same as padding the label bottom/right to a multiple of r (paper Sec. 3.1); where it is
+    smaller (a backbone that halves odd sizes down), its last row/column is repeated
+    (`fit_to_reference`).
 
     Args:
         ratio: int r, the upsampling factor (16 or 32 in the paper).
@@ -154,7 +167,7 @@ class DUpsampling(keras.layers.Layer):
         patches = tf.nn.conv2d(x, kernel, strides=1, padding="VALID") + tf.cast(self.mean, x.dtype)
         y = tf.nn.depth_to_space(patches, self.ratio)
         if reference is not None:
-            y = crop_to_reference(y, reference)
+            y = fit_to_reference(y, reference)
         return y
 
     def compute_output_shape(self, input_shape):

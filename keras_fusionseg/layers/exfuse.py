@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fusionseg.layers.common import PACKAGE, check_positive_int, resize_bilinear
-from keras_fusionseg.layers.dupsampling import crop_to_reference
+from keras_fusionseg.layers.dupsampling import fit_to_reference
 
 
 def _check_odd(name, value):
@@ -30,10 +30,10 @@ DEFAULT_GCN_KERNEL_SIZE = 15
 
 
 def _upsample_2x(inputs, upsample):
-    """`upsample(x)` (2x larger), cropped to `reference` when inputs are `[x, reference]`."""
+    """`upsample(x)` (2x larger), fitted to `reference` when inputs are `[x, reference]`."""
     x, reference = (inputs[0], inputs[1]) if isinstance(inputs, list | tuple) else (inputs, None)
     y = upsample(x)
-    return y if reference is None else crop_to_reference(y, reference)
+    return y if reference is None else fit_to_reference(y, reference)
 
 
 def _upsample_2x_shape(input_shape, filters):
@@ -213,7 +213,8 @@ class ExplicitChannelResolutionEmbedding(keras.layers.Layer):
     conv output becomes pixel (2i + a, 2j + b), channel c (`tf.nn.depth_to_space` order).
 
     Call with `x` or `[x, reference]`; with a reference the (2h, 2w) output is cropped
-    bottom/right to the reference's size (an odd-sized finer level).
+    bottom/right to the reference's size (an odd-sized finer level), or its last row/column
+    repeated where the reference is larger (`fit_to_reference`).
 
     Args:
         filters: int, channels after upsampling (the decoder width: classes, or
@@ -370,7 +371,8 @@ class DeconvolutionUpsample(keras.layers.Layer):
     behaves like the bilinear one except on the border pixels.
 
     Call with `x` or `[x, reference]`; with a reference the (2h, 2w) output is cropped
-    bottom/right to the reference's size (odd-sized finer levels, or the input image).
+    bottom/right to the reference's size (odd-sized finer levels, or the input image), or its
+    last row/column repeated where the reference is larger (`fit_to_reference`).
 
     Args:
         filters: int, output channels.

@@ -26,7 +26,9 @@ Decoder layouts (`decoder`):
 
 Input sizes: DUpsampling gives r * ceil(H / r) rows; the model crops bottom/right to the
 input size, which is the paper's padding of H and W to multiples of r (Sec. 3.1). So any
-input size works and the output stride need not divide it.
+input size works and the output stride need not divide it. On MobileNetV2 with its default
+padding (odd sizes halved down) it gives r * h rows with h <= ceil(H / r); the last rows of
+the input (fewer than r) then repeat the last predicted row (`fit_to_reference`).
 
 W, P and the mean come from `fit_dupsampling` (`keras_fusionseg.layers.dupsampling_pca`);
 the builder takes the `DUpsamplingBasis`, its `.npz` file, or a `(W, mean)` pair. Without

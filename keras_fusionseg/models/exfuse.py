@@ -27,8 +27,9 @@ Upsampling in the decoder is bilinear by default (`ResizeToReference` / `Upsampl
 sizes read at run time) where the GCN paper uses deconvolutions (adapted);
 `upsampling="deconv"` builds the paper's learnt 4x4 stride-2 transposed convs
 (`DeconvolutionUpsample`, bilinear-initialised), which ECRE's comparison (Table 4) assumes.
-Either way any input size works, no padding needed (x2 outputs are cropped to the finer
-level's size when a size is odd).
+Either way any input size works, no padding needed (x2 outputs are fitted to the finer
+level's size when a size is odd: cropped, or their last row/column repeated on a backbone that
+halves odd sizes down, `fit_to_reference`).
 """
 
 import keras
