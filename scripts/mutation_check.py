@@ -156,6 +156,14 @@ MUTANTS = (
         "semantic_embedding=True computes SEB but feeds the GCN the unembedded features",
     ),
     Mutant(
+        "seb_identity_init_ignored",
+        "keras_fusionseg/layers/exfuse.py",
+        '{"kernel_initializer": "zeros", "bias_initializer": "ones"}',
+        '{"kernel_initializer": "zeros", "bias_initializer": "zeros"}',
+        ("tests/test_exfuse_layers.py",),
+        "SEB's identity initialisation zeroes every factor (the branch outputs 0 at first)",
+    ),
+    Mutant(
         "dap_unnormalised",
         "keras_fusionseg/layers/exfuse.py",
         "np.arange(c)] = 1.0 / (k * k)",

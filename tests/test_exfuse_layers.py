@@ -1,6 +1,7 @@
 """GCN and ExFuse blocks: NumPy references (all weights random, biases included), shapes,
 serialization."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -143,6 +144,22 @@ def test_semantic_embedding_branch_is_eq2_product(rng):
     np.testing.assert_allclose(config_clone(layer, inputs)(inputs), y, atol=1e-6)
     with pytest.raises(ValueError, match="at least two"):
         SemanticEmbeddingBranch()([low])
+
+
+def test_semantic_embedding_branch_starts_as_identity(rng):
+    # identity_init: every factor is 1 before training, so the low level passes unchanged;
+    # Keras' defaults (identity_init=False) multiply it by random-sign factors.
+    low = rng.normal(size=(2, 8, 8, 4)).astype("float32")
+    highs = [rng.normal(size=(2, 4, 4, 6)).astype("float32"), rng.normal(size=(2, 2, 2, 5))]
+    inputs = [low, *(h.astype("float32") for h in highs)]
+    np.testing.assert_array_equal(SemanticEmbeddingBranch()(inputs), low)
+    glorot = np.asarray(SemanticEmbeddingBranch(identity_init=False)(inputs))
+    assert np.abs(glorot - low).mean() > 0.1
+    layer = SemanticEmbeddingBranch(identity_init=False)
+    assert keras.layers.deserialize(keras.layers.serialize(layer)).identity_init is False
+    with pytest.raises(ValueError, match="needs `use_bias=True`"):
+        SemanticEmbeddingBranch(use_bias=False)
+    SemanticEmbeddingBranch(use_bias=False, identity_init=False)  # Glorot without biases: fine
 
 
 def test_ecre_is_conv_then_depth_to_space(rng):

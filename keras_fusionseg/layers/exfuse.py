@@ -157,8 +157,17 @@ class SemanticEmbeddingBranch(keras.layers.Layer):
 
     Call with `[low_level, high_level_1, ..., high_level_m]` (m >= 1).
 
+    Initialisation (the paper does not give one; its backbone is ImageNet-pretrained, so its
+    high levels carry semantics from the first step): `identity_init=True` (default) starts
+    every 3x3 convolution at kernel 0 and bias 1, so each factor is 1 and the branch passes
+    the low level through unchanged until the convolutions learn the modulation. From
+    scratch, Glorot-initialised factors (`identity_init=False`) multiply the low level by a
+    product of random-sign noise fields (README, "Model zoo", ExFuse).
+
     Args:
-        use_bias: bool, biases on the 3x3 convolutions.
+        use_bias: bool, biases on the 3x3 convolutions (`identity_init` needs them).
+        identity_init: bool, kernels 0 and biases 1 at initialisation (see above); False:
+            Keras' Conv2D defaults (Glorot uniform kernels, zero biases).
 
     Example:
     >>> import numpy as np
@@ -168,9 +177,15 @@ class SemanticEmbeddingBranch(keras.layers.Layer):
     (1, 8, 8, 4)
     """
 
-    def __init__(self, use_bias=True, **kwargs):
+    def __init__(self, use_bias=True, identity_init=True, **kwargs):
         super().__init__(**kwargs)
+        if identity_init and not use_bias:
+            raise ValueError(
+                "SemanticEmbeddingBranch: `identity_init=True` starts the factors at their "
+                "bias 1, so it needs `use_bias=True`; received use_bias=False."
+            )
         self.use_bias = use_bias
+        self.identity_init = identity_init
 
     def build(self, input_shape):
         if not isinstance(input_shape, list | tuple) or len(input_shape) < 2:
@@ -181,8 +196,18 @@ class SemanticEmbeddingBranch(keras.layers.Layer):
         channels = input_shape[0][-1]
         self.convs = []
         for i, shape in enumerate(input_shape[1:]):
+            initializers = (
+                {"kernel_initializer": "zeros", "bias_initializer": "ones"}
+                if self.identity_init
+                else {}
+            )
             conv = keras.layers.Conv2D(
-                channels, 3, padding="same", use_bias=self.use_bias, name=f"conv_high{i + 1}"
+                channels,
+                3,
+                padding="same",
+                use_bias=self.use_bias,
+                name=f"conv_high{i + 1}",
+                **initializers,
             )
             conv.build(shape)
             self.convs.append(conv)
@@ -199,7 +224,11 @@ class SemanticEmbeddingBranch(keras.layers.Layer):
         return input_shape[0]
 
     def get_config(self):
-        return {**super().get_config(), "use_bias": self.use_bias}
+        return {
+            **super().get_config(),
+            "use_bias": self.use_bias,
+            "identity_init": self.identity_init,
+        }
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
