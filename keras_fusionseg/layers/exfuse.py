@@ -194,13 +194,13 @@ class SemanticEmbeddingBranch(keras.layers.Layer):
                 f"feature maps), received input shape {input_shape!r}."
             )
         channels = input_shape[0][-1]
+        initializers = (
+            {"kernel_initializer": "zeros", "bias_initializer": "ones"}
+            if self.identity_init
+            else {}
+        )
         self.convs = []
         for i, shape in enumerate(input_shape[1:]):
-            initializers = (
-                {"kernel_initializer": "zeros", "bias_initializer": "ones"}
-                if self.identity_init
-                else {}
-            )
             conv = keras.layers.Conv2D(
                 channels,
                 3,
