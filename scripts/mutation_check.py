@@ -156,6 +156,14 @@ MUTANTS = (
         "semantic_embedding=True computes SEB but feeds the GCN the unembedded features",
     ),
     Mutant(
+        "clipnorm_per_variable",
+        "keras_fusionseg/training/optimizers.py",
+        'clipping = {"global_clipnorm": global_clipnorm}',
+        'clipping = {"clipnorm": global_clipnorm}',
+        ("tests/test_training.py",),
+        "train.global_clipnorm clips each variable's gradient alone instead of their global norm",
+    ),
+    Mutant(
         "seb_identity_init_ignored",
         "keras_fusionseg/layers/exfuse.py",
         '{"kernel_initializer": "zeros", "bias_initializer": "ones"}',

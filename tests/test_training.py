@@ -112,6 +112,36 @@ def test_sgd_with_l2_decays_kernels_only_through_momentum():
     assert optimizers.SGDWithL2.from_config(optimizer.get_config()).l2 == 0.01
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_global_clipnorm_rescales_each_step_to_that_norm(name):
+    """Clipped steps on gradients of global norm 1e3 and 10 equal unclipped steps on the same
+    gradients rescaled to norm 1 (and differ from unclipped steps on the raw ones)."""
+    rng = np.random.default_rng(0)
+    shapes = [(4, 2), (2,)]
+    raw = []
+    for norm in (1e3, 10.0):
+        grads = [rng.normal(size=shape).astype("float32") for shape in shapes]
+        total = np.sqrt(sum(np.sum(g**2) for g in grads))
+        raw.append([g * norm / total for g in grads])
+    unit = [[g / np.sqrt(sum(np.sum(h**2) for h in step)) for g in step] for step in raw]
+
+    def train(grad_steps, **options):
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+        optimizer = optimizers.build_optimizer(name, 0.1, model=model, **options)
+        for grads in grad_steps:
+            optimizer.apply([tf.constant(g) for g in grads], model.trainable_variables)
+        return [v.numpy() for v in model.trainable_variables], optimizer
+
+    clipped, optimizer = train(raw, global_clipnorm=1.0)
+    reference, unclipped = train(unit)
+    for got, expected in zip(clipped, reference, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not all(np.allclose(a, b) for a, b in zip(train(raw)[0], reference, strict=True))
+    assert optimizer.global_clipnorm == 1.0 and unclipped.global_clipnorm is None
+
+
 def test_config_validation_names_the_problem(tmp_path):
     config = load_config("smoke")
     config_lib.validate_config(config, str(tmp_path / "ok"))
@@ -124,6 +154,10 @@ def test_config_validation_names_the_problem(tmp_path):
     bad = load_config("smoke")
     del bad.eval["mode"]
     with pytest.raises(ValueError, match="missing field 'eval.mode'"):
+        config_lib.validate_config(bad)
+    bad = load_config("smoke")
+    bad.train.global_clipnorm = -1.0
+    with pytest.raises(ValueError, match="train.global_clipnorm must be >= 0"):
         config_lib.validate_config(bad)
     bad = load_config("smoke")
     bad.model.name = "deeplabv4"

@@ -60,6 +60,7 @@ def default_config():
     config.train.momentum = 0.9
     config.train.weight_decay = 4e-5
     config.train.decay_depthwise = False
+    config.train.global_clipnorm = 0.0  # > 0: gradients rescaled to this global norm at most
     config.train.poly_power = 0.9
     config.train.warmup_steps = 0
     config.train.class_weights = ()  # empty: all classes weigh 1
@@ -324,6 +325,10 @@ def validate_config(config, workdir=None, source="config"):
         )
     if not config.train.learning_rate > 0:
         problems.append(f"train.learning_rate must be > 0, received {config.train.learning_rate!r}")
+    if not config.train.global_clipnorm >= 0:
+        problems.append(
+            f"train.global_clipnorm must be >= 0 (0 = off), received {config.train.global_clipnorm!r}"
+        )
     if not 0 < config.train.ohem_fraction <= 1:
         problems.append(
             f"train.ohem_fraction must be in (0, 1], received {config.train.ohem_fraction!r}"

@@ -145,6 +145,7 @@ def build_optimizer(
     momentum=0.9,
     weight_decay=0.0,
     decay_depthwise=False,
+    global_clipnorm=0.0,
 ):
     """`"sgd"` (momentum, coupled L2) or `"adamw"` (decoupled decay) over `model`'s variables.
 
@@ -155,7 +156,10 @@ def build_optimizer(
         momentum: float, SGD momentum.
         weight_decay: float, L2 coefficient (SGD) or decoupled decay (AdamW).
         decay_depthwise: bool, also decay depthwise kernels.
+        global_clipnorm: float, > 0 rescales the gradients (after cross-replica aggregation)
+            so that their global norm is at most this; 0 leaves them as they are.
     """
+    clipping = {"global_clipnorm": global_clipnorm} if global_clipnorm else {}
     undecayed_depthwise = [] if decay_depthwise else depthwise_kernels(model)
     if name == "sgd":
         optimizer = SGDWithL2(
@@ -163,11 +167,14 @@ def build_optimizer(
             decay_depthwise=decay_depthwise,
             learning_rate=learning_rate,
             momentum=momentum,
+            **clipping,
         )
         optimizer.exclude_from_l2(undecayed_depthwise)
         return optimizer
     if name == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=weight_decay, **clipping
+        )
         optimizer.exclude_from_weight_decay(
             var_list=[v for v in model.trainable_variables if not is_decayed(v, decay_depthwise)]
             + undecayed_depthwise

@@ -290,6 +290,7 @@ def build_compiled_model(run):
             momentum=config.train.momentum,
             weight_decay=config.train.weight_decay,
             decay_depthwise=config.train.decay_depthwise,
+            global_clipnorm=config.train.global_clipnorm,
         )
         loss, loss_weights = losses_from_loss_spec(
             model.loss_spec,
