@@ -60,8 +60,8 @@ LEVELS = ("P2", "P3", "P4", "P5")  # the paper's levels 1-4 (res-2..res-5)
 LAYER_REARRANGEMENT = {"depths": (8, 8, 9, 8), "stage_widths": (64, 128, 256, 512)}
 
 # Tiny variants normalise pixels to [-1, 1] (no pretrained weights to match): with "caffe"
-# inputs (+-128) untrained activations reach ~1e3 after SEB's products, beyond what float32
-# comparisons at atol 1e-5 tolerate.
+# inputs (+-128) untrained activations are large (~1e3 when SEB's factors were Glorot-
+# initialised, before `identity_init`), beyond what float32 comparisons at atol 1e-5 tolerate.
 _TINY_BACKBONE = {
     "depths": (1, 1, 1, 1),
     "stage_widths": (8, 16, 32, 64),
