@@ -91,7 +91,8 @@ def test_camvid_variant_keys_set_their_fields():
 def test_mobilenetv2_design_recipes_keep_the_baselines_budget():
     """The design comparison: only the model differs from the baseline, never the data,
     optimizer or backbone; a design whose step is slower may train fewer epochs to stay inside
-    the same 60 minutes, never more (equal budget, README "Presets")."""
+    the same 60 minutes, never more (equal budget, README "Presets"); ExFuse alone takes a
+    lower peak rate (its loss rose at the baseline's, configs/camvid.py)."""
     baseline = flatten(load_config("camvid"))
     for model in ("pspnet", "gffnet", "fastfcn_psp", "gcn", "exfuse", "dunet"):
         config = flatten(load_config(f"camvid:model={model},backbone=mobilenetv2"))
@@ -102,11 +103,14 @@ def test_mobilenetv2_design_recipes_keep_the_baselines_budget():
             "model.aux_outputs",
             "model.output_stride",
             "train.epochs",
-        }, model
+        } | ({"train.learning_rate"} if model == "exfuse" else set()), model
         epochs = load_config(f"camvid:model={model},backbone=mobilenetv2").train.epochs
         assert epochs <= load_config("camvid").train.epochs, model  # ints: flatten gives reprs
     assert load_config("camvid:model=fastfcn_psp,backbone=mobilenetv2").train.epochs == 15
-    assert load_config("camvid:model=exfuse,backbone=mobilenetv2").train.epochs == 6
+    exfuse = load_config("camvid:model=exfuse,backbone=mobilenetv2").train
+    assert (exfuse.epochs, exfuse.learning_rate, exfuse.weight_decay) == (9, 5e-4, 1e-2)
+    exfuse_sgd = load_config("camvid:model=exfuse,backbone=mobilenetv2,optimizer=sgd").train
+    assert exfuse_sgd.learning_rate == 0.05  # the AdamW rate is AdamW's only
     pspnet = load_config("camvid:model=pspnet,backbone=mobilenetv2").model
     assert (pspnet.options["head_width"], pspnet.options["aux_width"]) == (256, 128)
 
