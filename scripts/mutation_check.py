@@ -156,6 +156,17 @@ MUTANTS = (
         "semantic_embedding=True computes SEB but feeds the GCN the unembedded features",
     ),
     Mutant(
+        "weights_stored_without_byte_planes",
+        "keras_fusionseg/models/presets.py",
+        "reshape(flat.size, array.dtype.itemsize).T.copy()",
+        "reshape(array.dtype.itemsize, flat.size).copy()",
+        (
+            "tests/test_presets.py::"
+            "test_weights_round_trip_bit_exactly_and_byte_planes_pack_float16_smaller",
+        ),
+        "preset weights written as raw bytes where the reader expects byte planes",
+    ),
+    Mutant(
         "clipnorm_per_variable",
         "keras_fusionseg/training/optimizers.py",
         'clipping = {"global_clipnorm": global_clipnorm}',

@@ -42,6 +42,8 @@ CHECKSUM_FILE = "checksum_class_ids.png"  # the class-id map the checksum was ta
 CHECKSUM_MIN_AGREEMENT = 0.999
 FORMAT_VERSION = 1
 PATHS_KEY = "__paths__"
+LAYOUT_KEY = "__layout__"
+BYTE_PLANES = "byte_planes"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_]*")
 
 # Dotted paths of the metadata fields every preset must have (not None, not empty).
@@ -281,21 +283,57 @@ def weights_by_path(model, storage_dtype="float16"):
 
 
 def write_weights(arrays):
-    """npz bytes (compressed) of `{path: array}`; paths in order under `__paths__`."""
+    """npz bytes (compressed) of `{path: array}`; paths in order under `__paths__`.
+
+    Each array is stored as its byte planes (byte k of every element together, the "shuffle"
+    filter of HDF5/Blosc): float16 sign/exponent bytes repeat far more than mantissa bytes,
+    so zlib packs the planes ~7% smaller than the plain array (the seven CamVid presets:
+    60.5 -> 56.5 MB). Lossless: `read_weights` returns the same bytes."""
     paths = list(arrays)
+    layouts = [np.asarray(arrays[path]) for path in paths]
     buffer = io.BytesIO()
     np.savez_compressed(
         buffer,
         **{PATHS_KEY: np.array(paths)},
-        **{f"w{i}": arrays[path] for i, path in enumerate(paths)},
+        **{
+            LAYOUT_KEY: np.array(
+                json.dumps(
+                    {
+                        "layout": BYTE_PLANES,
+                        "dtypes": [a.dtype.str for a in layouts],
+                        "shapes": [list(a.shape) for a in layouts],
+                    }
+                )
+            )
+        },
+        **{f"w{i}": _byte_planes(a) for i, a in enumerate(layouts)},
     )
     return buffer.getvalue()
 
 
+def _byte_planes(array):
+    """(itemsize, size) uint8: row k holds byte k of every element (C order)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    return flat.view(np.uint8).reshape(flat.size, array.dtype.itemsize).T.copy()
+
+
+def _from_byte_planes(planes, dtype, shape):
+    return np.ascontiguousarray(planes.T).view(dtype).reshape(shape)
+
+
 def read_weights(data):
+    """`{path: array}` of `write_weights` bytes (byte planes, or plain arrays in older files)."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         paths = [str(p) for p in npz[PATHS_KEY]]
-        return {path: npz[f"w{i}"] for i, path in enumerate(paths)}
+        if LAYOUT_KEY not in npz.files:  # presets written before the byte-plane layout
+            return {path: npz[f"w{i}"] for i, path in enumerate(paths)}
+        layout = json.loads(str(npz[LAYOUT_KEY]))
+        if layout["layout"] != BYTE_PLANES:
+            raise ValueError(f"Unknown weights layout {layout['layout']!r}.")
+        return {
+            path: _from_byte_planes(npz[f"w{i}"], layout["dtypes"][i], layout["shapes"][i])
+            for i, path in enumerate(paths)
+        }
 
 
 def set_weights_by_path(model, arrays, preset="preset"):
