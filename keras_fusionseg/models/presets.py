@@ -287,26 +287,20 @@ def write_weights(arrays):
 
     Each array is stored as its byte planes (byte k of every element together, the "shuffle"
     filter of HDF5/Blosc): float16 sign/exponent bytes repeat far more than mantissa bytes,
-    so zlib packs the planes ~7% smaller than the plain array (the seven CamVid presets:
+    so zlib packs the planes ~6% smaller than the plain array (the seven CamVid presets:
     60.5 -> 56.8 MB of weights). Lossless: `read_weights` returns the same bytes."""
     paths = list(arrays)
-    layouts = [np.asarray(arrays[path]) for path in paths]
+    values = [np.asarray(arrays[path]) for path in paths]
+    layout = {
+        "layout": BYTE_PLANES,
+        "dtypes": [value.dtype.str for value in values],
+        "shapes": [list(value.shape) for value in values],
+    }
     buffer = io.BytesIO()
     np.savez_compressed(
         buffer,
-        **{PATHS_KEY: np.array(paths)},
-        **{
-            LAYOUT_KEY: np.array(
-                json.dumps(
-                    {
-                        "layout": BYTE_PLANES,
-                        "dtypes": [a.dtype.str for a in layouts],
-                        "shapes": [list(a.shape) for a in layouts],
-                    }
-                )
-            )
-        },
-        **{f"w{i}": _byte_planes(a) for i, a in enumerate(layouts)},
+        **{PATHS_KEY: np.array(paths), LAYOUT_KEY: np.array(json.dumps(layout))},
+        **{f"w{i}": _byte_planes(value) for i, value in enumerate(values)},
     )
     return buffer.getvalue()
 
