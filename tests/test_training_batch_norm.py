@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_fusionseg.training import batch_norm
 from keras_fusionseg.training.batch_norm import RecalibrateBatchNorm, recalibrate_batch_norm
 
 
@@ -49,6 +50,42 @@ def test_callback_recalibrates_before_validation(rng):
         model.layers[1].moving_mean,
         np.mean([x[:4].mean(axis=(0, 1, 2)), x[4:].mean(axis=(0, 1, 2))], axis=0),
         rtol=1e-5,
+    )
+
+
+def test_callback_traces_the_forward_pass_once(rng, monkeypatch):
+    traced, original = [], batch_norm.training_forward
+
+    def counting_forward(model):
+        traced.append(original(model))
+        return traced[-1]
+
+    monkeypatch.setattr(batch_norm, "training_forward", counting_forward)
+    model = bn_model()
+    model.compile(loss="mse")
+    x = rng.normal(size=(8, 4, 4, 3)).astype("float32")
+    callback = RecalibrateBatchNorm([x[:4], x[4:]], num_batches=2)
+    for _ in range(3):
+        model.evaluate(x, x, verbose=0, callbacks=[callback])
+    assert len(traced) == 1
+    assert traced[0].experimental_get_tracing_count() == 1
+
+
+def test_recalibration_leaves_frozen_layers_and_weights_alone(rng):
+    model = bn_model()
+    frozen = model.layers[2]
+    frozen.trainable = False
+    before = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    batches = [rng.normal(loc=3, size=(4, 4, 4, 3)).astype("float32") for _ in range(2)]
+    recalibrate_batch_norm(model, batches, num_batches=2)
+    after = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    changed = [
+        v.path
+        for v, b, a in zip(model.weights, before, after, strict=True)
+        if not np.array_equal(b, a)
+    ]
+    assert sorted(changed) == sorted(
+        v.path for v in (model.layers[1].moving_mean, model.layers[1].moving_variance)
     )
 
 
