@@ -66,6 +66,22 @@ MUTANTS = (
         "ASPP's 3x3 branches ignore their atrous rate",
     ),
     Mutant(
+        "bn_recalibration_retraced_every_validation",
+        "keras_fusionseg/training/batch_norm.py",
+        "        if self._forward is None:\n",
+        "        if True:\n",
+        ("tests/test_training_batch_norm.py",),
+        "precise BN traces its forward pass again before every validation",
+    ),
+    Mutant(
+        "overlays_png_not_written",
+        "keras_fusionseg/training/callbacks.py",
+        "        if self.png_path:\n",
+        "        if False:\n",
+        ("tests/test_visualize.py",),
+        "validation_overlays.png is never written",
+    ),
+    Mutant(
         "package_import_skips_training",
         "keras_fusionseg/__init__.py",
         "from keras_fusionseg import backbones, data, evaluation, layers, models, training",

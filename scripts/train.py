@@ -79,6 +79,7 @@ def main(argv):
             f"({results['train_steps']} steps, {results['train_seconds']} s). "
             f"Outputs in {workdir}/"
         )
+        print("Where to look:", *trainer.where_to_look(workdir), sep="\n")
 
 
 if __name__ == "__main__":

@@ -226,6 +226,17 @@ def test_build_callbacks_returns_the_documented_order(tmp_path):
     assert built.callbacks[5].filepath == os.path.join(run.checkpoint_dir, "best.keras")
 
 
+def test_where_to_look_names_only_outputs_that_exist(tmp_path):
+    (tmp_path / "confusion_matrix.png").write_bytes(b"png")
+    assert trainer.where_to_look(str(tmp_path)) == [
+        f"  confusion matrix: {tmp_path / 'confusion_matrix.png'}"
+    ]
+    (tmp_path / "logs").mkdir()
+    assert trainer.where_to_look(str(tmp_path))[-1].endswith(
+        f"tensorboard --logdir {tmp_path / 'logs'}"
+    )
+
+
 @pytest.mark.slow
 def test_train_end_to_end_writes_outputs(tmp_path):
     config = load_config("smoke")
@@ -248,6 +259,10 @@ def test_train_end_to_end_writes_outputs(tmp_path):
     ):
         assert (tmp_path / "run" / name).exists(), name
     assert len(os.listdir(tmp_path / "run" / "logs" / "validation_overlays")) == 1
+    overlays = tmp_path / "run" / "validation_overlays.png"
+    guide = "\n".join(trainer.where_to_look(workdir))
+    assert f"validation overlays (image | prediction | label): {overlays}" in guide
+    assert f"tensorboard --logdir {os.path.join(workdir, 'logs')}" in guide
     assert not (tmp_path / "run" / "backup").exists()  # removed after a finished run
     reloaded = keras.models.load_model(tmp_path / "run" / "checkpoints" / "final.keras")
     assert reloaded.output_shape == (None, None, None, len(results["class_names"]))

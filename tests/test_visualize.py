@@ -99,6 +99,23 @@ def test_tensorboard_overlays_keep_void_label_pixels(rng, tmp_path):
     assert not np.array_equal(label_overlays[:, 3:], images[:, 3:].astype(np.uint8))
 
 
+def test_overlays_png_holds_the_tensorboard_rows(rng, tmp_path):
+    images = rng.uniform(0, 255, (2, 8, 8, 3)).round().astype(np.float32)
+    labels = rng.integers(0, 3, (2, 8, 8))
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
+    png = tmp_path / "validation_overlays.png"
+    callback = PredictionOverlays(
+        images, labels, palette, str(tmp_path / "logs"), png_path=str(png)
+    )
+    callback.set_model(model)
+    callback.on_epoch_end(0)
+    picture = np.asarray(Image.open(png))
+    np.testing.assert_array_equal(picture, np.concatenate(list(callback.overlays()), axis=0))
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".png"] == [png.name]
+
+
 def _fit_with_curves(tmp_path, epochs, validation_freq=2, initial_epoch=0, model=None):
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (8, 8, 8, 3)).astype(np.float32)

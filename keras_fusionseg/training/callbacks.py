@@ -8,6 +8,7 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 from tensorflow.core.framework import summary_pb2
 
 from keras_fusionseg.evaluation import figures
@@ -120,7 +121,8 @@ class PredictionOverlays(keras.callbacks.Callback):
     """Writes [image | prediction overlay | label overlay] of a few images to TensorBoard.
 
     Ignored label pixels and black ("background") classes are drawn transparent
-    (`export.visualize.overlay`).
+    (`export.visualize.overlay`). With `png_path`, the same rows, stacked, are also kept as
+    one PNG (rewritten after every epoch), to look at without TensorBoard.
 
     Args:
         images: float [N, H, W, C] raw pixels (same size), e.g. the first validation images.
@@ -129,10 +131,12 @@ class PredictionOverlays(keras.callbacks.Callback):
         logdir: TensorBoard folder (a `validation_overlays` writer is created inside).
         ignore_label: int.
         alpha: float, weight of the class colours in the overlay.
+        png_path: optional path of the PNG.
     """
 
-    def __init__(self, images, labels, palette, logdir, ignore_label=255, alpha=0.5):
+    def __init__(self, images, labels, palette, logdir, ignore_label=255, alpha=0.5, png_path=None):
         super().__init__()
+        self.png_path = png_path
         self.images = np.asarray(images, np.float32)
         self.labels = np.asarray(labels)
         self.palette = np.asarray(palette, np.uint8)
@@ -155,9 +159,14 @@ class PredictionOverlays(keras.callbacks.Callback):
         return np.stack(rows)
 
     def on_epoch_end(self, epoch, logs=None):
+        rows = self.overlays()
         with self.writer.as_default():
-            write_images("image | prediction | label", self.overlays(), epoch + 1)
+            write_images("image | prediction | label", rows, epoch + 1)
         self.writer.flush()
+        if self.png_path:
+            temporary = _temporary_path(self.png_path)
+            Image.fromarray(np.concatenate(list(rows), axis=0)).save(temporary, format="PNG")
+            os.replace(temporary, self.png_path)
 
 
 class TrainingCurves(keras.callbacks.Callback):
@@ -223,7 +232,7 @@ class TrainingCurves(keras.callbacks.Callback):
 def _temporary_path(path):
     """A sibling of `path` with the same suffix (Keras picks the format from it)."""
     folder, base = os.path.split(path)
-    for suffix in (".weights.h5", ".keras", ".json"):
+    for suffix in (".weights.h5", ".keras", ".json", ".png"):
         if base.endswith(suffix):
             stem = base[: -len(suffix)]
             break

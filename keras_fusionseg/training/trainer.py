@@ -7,8 +7,10 @@ Workdir layout: `config.json` (the resolved config), `backup/` (`SafeBackupAndRe
 killed run re-run with the same command resumes from it, falling back to the previous backup
 when the newest is damaged), `checkpoints/best.keras` (best validation mIoU),
 `checkpoints/final.keras` (both written under a temporary name, then renamed), `logs/`
-(TensorBoard), and `metrics.json`, `confusion_matrix.csv`, `confusion_matrix.png` from the
-final evaluation.
+(TensorBoard), `training_curves.csv/.png`, `validation_overlays.png` (image | prediction |
+label of the first validation images, after the last epoch), and `metrics.json`,
+`confusion_matrix.csv`, `confusion_matrix.png` from the final evaluation. `where_to_look`
+lists them after a run.
 """
 
 import dataclasses
@@ -30,6 +32,8 @@ from keras_fusionseg.training.config import validate_config
 from keras_fusionseg.training.losses import losses_from_loss_spec
 from keras_fusionseg.training.optimizers import PolyDecay, build_optimizer
 from keras_fusionseg.utils.precision import dtype_policy
+
+OVERLAYS_PNG = "validation_overlays.png"
 
 
 def dataset_info(config):
@@ -333,7 +337,8 @@ def build_callbacks(run, model, train_ds):
     6. `AtomicModelCheckpoint`: `checkpoints/best.keras` on the validation mIoU.
     7. `TensorBoardLogger`: `logs/`.
     8. `TrainingCurves`: `training_curves.csv/.png` (drops rows past the restored step).
-    9. `PredictionOverlays` (`train.num_overlay_images` > 0): overlays in TensorBoard.
+    9. `PredictionOverlays` (`train.num_overlay_images` > 0): overlays in TensorBoard and
+       `validation_overlays.png`.
     """
     config, info = run.config, run.info
     recalibration = config.train.bn_recalibration_batches
@@ -369,7 +374,11 @@ def build_callbacks(run, model, train_ds):
             if overlay is not None:
                 callback_list.append(
                     callbacks_lib.PredictionOverlays(
-                        *overlay, info.palette, run.logdir, ignore_label=info.ignore_label
+                        *overlay,
+                        info.palette,
+                        run.logdir,
+                        ignore_label=info.ignore_label,
+                        png_path=os.path.join(run.workdir, OVERLAYS_PNG),
                     )
                 )
     return TrainingCallbacks(callback_list, start_step, recalibration_images, recalibration)
@@ -479,3 +488,23 @@ def evaluate_config(config, model, info=None, verbose=1):
         max_images=config.eval.max_images,
         verbose=verbose,
     )
+
+
+def where_to_look(workdir):
+    """Lines naming a finished run's outputs that exist, and the TensorBoard command."""
+    outputs = (
+        ("validation overlays (image | prediction | label)", OVERLAYS_PNG),
+        ("confusion matrix", "confusion_matrix.png"),
+        ("training curves", "training_curves.png"),
+        ("metrics, per class", "metrics.json"),
+        ("model", os.path.join("checkpoints", "final.keras")),
+    )
+    lines = [
+        f"  {what}: {os.path.join(workdir, name)}"
+        for what, name in outputs
+        if os.path.exists(os.path.join(workdir, name))
+    ]
+    logdir = os.path.join(workdir, "logs")
+    if os.path.isdir(logdir):
+        lines.append(f"  TensorBoard (curves, overlays per epoch): tensorboard --logdir {logdir}")
+    return lines
