@@ -21,10 +21,14 @@ def get_config():
     config.data.color_jitter = False
     config.train.epochs = 16
     config.train.steps_per_epoch = 80
-    config.train.learning_rate = 0.05
+    # AdamW beats SGD (0.05, momentum 0.9) here: paired runs on a 2-core Intel Xeon (README
+    # Quick start) 0.792 vs 0.756 (seed 0) and 0.760 vs 0.737 (seed 1).
+    config.train.optimizer = "adamw"
+    config.train.learning_rate = 4e-3
+    config.train.weight_decay = 1e-2  # decoupled; BN, biases and depthwise kernels excluded
     config.train.warmup_steps = 20
     config.train.bn_momentum = 0.99  # the models' 0.9997 is for 30k+ step schedules
-    config.train.bn_recalibration_batches = 10  # precise BN before validation
+    config.train.bn_recalibration_batches = 25  # precise BN before validation (200 crops)
     config.train.backup_every_steps = 80
     config.train.validation_every_epochs = 2
     return config
