@@ -68,7 +68,7 @@ MUTANTS = (
     Mutant(
         "bn_recalibration_retraced_every_validation",
         "keras_fusionseg/training/batch_norm.py",
-        "        if self._forward is None:\n",
+        "        if self._forward is None or self._traced_model is not self.model:\n",
         "        if True:\n",
         ("tests/test_training_batch_norm.py",),
         "precise BN traces its forward pass again before every validation",

@@ -69,6 +69,15 @@ def test_callback_traces_the_forward_pass_once(rng, monkeypatch):
         model.evaluate(x, x, verbose=0, callbacks=[callback])
     assert len(traced) == 1
     assert traced[0].experimental_get_tracing_count() == 1
+    other = bn_model()  # the same callback on another model recalibrates that model
+    other.compile(loss="mse")
+    other.evaluate(x, x, verbose=0, callbacks=[callback])
+    assert len(traced) == 2
+    np.testing.assert_allclose(
+        other.layers[1].moving_mean,
+        np.mean([x[:4].mean(axis=(0, 1, 2)), x[4:].mean(axis=(0, 1, 2))], axis=0),
+        rtol=1e-5,
+    )
 
 
 def test_recalibration_leaves_frozen_layers_and_weights_alone(rng):

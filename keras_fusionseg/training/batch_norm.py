@@ -97,9 +97,9 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         super().__init__()
         self.images = images
         self.num_batches = num_batches
-        self._forward = None
+        self._forward, self._traced_model = None, None
 
     def on_test_begin(self, logs=None):
-        if self._forward is None:
-            self._forward = training_forward(self.model)
+        if self._forward is None or self._traced_model is not self.model:
+            self._forward, self._traced_model = training_forward(self.model), self.model
         recalibrate_batch_norm(self.model, self.images, self.num_batches, self._forward)
