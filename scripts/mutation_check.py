@@ -251,10 +251,8 @@ MUTANTS = (
     Mutant(
         "final_bn_reestimation_skipped",
         "keras_fusionseg/training/trainer.py",
-        "    if recalibration:\n"
-        "        recalibrate_batch_norm(model, training_callbacks.recalibration_images, "
-        "recalibration)\n",
-        "",
+        "        training_callbacks.recalibrator.recalibrate()",
+        "        pass",
         ("tests/test_training_runs.py",),
         "the final checkpoint is saved without re-estimating batch-norm statistics",
     ),

@@ -100,6 +100,10 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         self._forward, self._traced_model = None, None
 
     def on_test_begin(self, logs=None):
+        self.recalibrate()
+
+    def recalibrate(self):
+        """Precise BN of the callback's model now (also after `fit`), reusing one trace."""
         if self._forward is None or self._traced_model is not self.model:
             self._forward, self._traced_model = training_forward(self.model), self.model
-        recalibrate_batch_norm(self.model, self.images, self.num_batches, self._forward)
+        return recalibrate_batch_norm(self.model, self.images, self.num_batches, self._forward)

@@ -27,7 +27,7 @@ from keras_fusionseg.evaluation import evaluator
 from keras_fusionseg.evaluation.confusion import ConfusionMatrixMetric
 from keras_fusionseg.training import callbacks as callbacks_lib
 from keras_fusionseg.training import strategies
-from keras_fusionseg.training.batch_norm import RecalibrateBatchNorm, recalibrate_batch_norm
+from keras_fusionseg.training.batch_norm import RecalibrateBatchNorm
 from keras_fusionseg.training.config import validate_config
 from keras_fusionseg.training.losses import losses_from_loss_spec
 from keras_fusionseg.training.optimizers import PolyDecay, build_optimizer
@@ -169,13 +169,13 @@ class TrainingCallbacks:
     Attributes:
         callbacks: list, in the order Keras calls them.
         start_step: the `ReportStartStep` callback (the step `fit` started at).
-        recalibration_images: dataset of training images for precise BN, or None.
+        recalibrator: the `RecalibrateBatchNorm` callback (precise BN), or None.
         recalibration_batches: int, batches for precise BN (0: off).
     """
 
     callbacks: list
     start_step: callbacks_lib.ReportStartStep
-    recalibration_images: tf.data.Dataset | None = None
+    recalibrator: RecalibrateBatchNorm | None = None
     recalibration_batches: int = 0
 
 
@@ -345,7 +345,6 @@ def build_callbacks(run, model, train_ds):
     if recalibration and run.strategy.num_replicas_in_sync > 1:
         print("train.bn_recalibration_batches is for one replica; skipped.", flush=True)
         recalibration = 0
-    recalibration_images = train_ds.map(lambda images, *_: images) if recalibration else None
     start_step = callbacks_lib.ReportStartStep()
     callback_list = [
         callbacks_lib.StopOnNaN(),
@@ -355,8 +354,10 @@ def build_callbacks(run, model, train_ds):
         start_step,
         callbacks_lib.StopAtStep(run.stop_step),
     ]
+    recalibrator = None
     if recalibration:
-        callback_list.append(RecalibrateBatchNorm(recalibration_images, recalibration))
+        recalibrator = RecalibrateBatchNorm(train_ds.map(lambda images, *_: images), recalibration)
+        callback_list.append(recalibrator)
     if run.chief:
         os.makedirs(run.checkpoint_dir, exist_ok=True)
         callback_list += [
@@ -381,7 +382,7 @@ def build_callbacks(run, model, train_ds):
                         png_path=os.path.join(run.workdir, OVERLAYS_PNG),
                     )
                 )
-    return TrainingCallbacks(callback_list, start_step, recalibration_images, recalibration)
+    return TrainingCallbacks(callback_list, start_step, recalibrator, recalibration)
 
 
 def fit(run, model, train_ds, val_ds, training_callbacks):
@@ -413,9 +414,8 @@ def finalize(run, model, training_callbacks, history, train_seconds):
     steps_done = int(model.optimizer.iterations.numpy())
     if not run.chief:
         return {"train_steps": steps_done}
-    recalibration = training_callbacks.recalibration_batches
-    if recalibration:
-        recalibrate_batch_norm(model, training_callbacks.recalibration_images, recalibration)
+    if training_callbacks.recalibrator is not None:
+        training_callbacks.recalibrator.recalibrate()  # the model `fit` trained: one trace
     final_path = os.path.join(run.checkpoint_dir, "final.keras")
     callbacks_lib.save_model_atomically(model, final_path)
     results = evaluate_config(run.config, model, run.info, verbose=run.config.train.verbose)
