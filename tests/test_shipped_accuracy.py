@@ -1,7 +1,8 @@
 """The shipped forms give the class ids that evaluate.py scores (issue 18; issue 14 item 4).
 
-Uses the quick-start checkpoint kept in tests/data (DeepLabv3+ MobileNetV2 x0.35 trained by
-`python scripts/train.py`, see tests/data/README.md) on synthetic scenes of odd sizes.
+Uses the quick-start checkpoint kept in tests/data (DeepLabv3+ MobileNetV2 x0.35 trained by an
+earlier default of `python scripts/train.py`, see tests/data/README.md) on synthetic scenes of
+odd sizes.
 """
 
 import json
