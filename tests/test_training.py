@@ -222,7 +222,8 @@ def test_build_callbacks_returns_the_documented_order(tmp_path):
         "TrainingCurves",
         "PredictionOverlays",
     ]
-    assert built.start_step is built.callbacks[2] and built.recalibration_batches == 1
+    assert built.start_step is built.callbacks[2] and built.recalibrator is built.callbacks[4]
+    assert built.recalibrator.num_batches == 1
     assert built.callbacks[5].filepath == os.path.join(run.checkpoint_dir, "best.keras")
 
 

@@ -169,14 +169,12 @@ class TrainingCallbacks:
     Attributes:
         callbacks: list, in the order Keras calls them.
         start_step: the `ReportStartStep` callback (the step `fit` started at).
-        recalibrator: the `RecalibrateBatchNorm` callback (precise BN), or None.
-        recalibration_batches: int, batches for precise BN (0: off).
+        recalibrator: the `RecalibrateBatchNorm` callback (precise BN), or None (off).
     """
 
     callbacks: list
     start_step: callbacks_lib.ReportStartStep
     recalibrator: RecalibrateBatchNorm | None = None
-    recalibration_batches: int = 0
 
 
 def train(config, workdir, *, strategy="auto", mixed_precision=None, config_source="config"):
@@ -382,7 +380,7 @@ def build_callbacks(run, model, train_ds):
                         png_path=os.path.join(run.workdir, OVERLAYS_PNG),
                     )
                 )
-    return TrainingCallbacks(callback_list, start_step, recalibrator, recalibration)
+    return TrainingCallbacks(callback_list, start_step, recalibrator)
 
 
 def fit(run, model, train_ds, val_ds, training_callbacks):
